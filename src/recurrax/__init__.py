@@ -1,0 +1,21 @@
+"""recurrax: TensorFlow 1.x style recurrent networks for JAX.
+
+Cells (one time step, shared weights) and the two runners of TF1: :func:`static_rnn`, which
+unrolls one copy of the cell per step, and :func:`dynamic_rnn`, which runs one compiled loop.
+"""
+
+from ._base import LSTMStateTuple as LSTMStateTuple
+from ._cells import BasicLSTMCell as BasicLSTMCell
+from ._cells import BasicRNNCell as BasicRNNCell
+from ._cells import GRUCell as GRUCell
+from ._cells import LSTMCell as LSTMCell
+from ._dynamic import bidirectional_dynamic_rnn as bidirectional_dynamic_rnn
+from ._dynamic import dynamic_rnn as dynamic_rnn
+from ._lengths import reverse_sequence as reverse_sequence
+from ._static import static_bidirectional_rnn as static_bidirectional_rnn
+from ._static import static_rnn as static_rnn
+from ._wrappers import DropoutWrapper as DropoutWrapper
+from ._wrappers import MultiRNNCell as MultiRNNCell
+from ._wrappers import ResidualWrapper as ResidualWrapper
+
+__version__ = "0.1.0"

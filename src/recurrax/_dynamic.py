@@ -1,0 +1,173 @@
+"""``dynamic_rnn`` and ``bidirectional_dynamic_rnn``: one compiled loop, whatever the length."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._lengths import check_sequence_length, reverse_sequence
+from ._loop import run_loop
+from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
+
+__all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]
+
+
+def _check_inputs(inputs, time_major: bool, name: str = "inputs"):
+    """Return ``(inputs as an array, batch, time, features)`` or raise a clear error."""
+    if isinstance(inputs, (list, tuple)):
+        raise TypeError(
+            f"{name} must be one array of shape "
+            f"{'[time, batch, input_size]' if time_major else '[batch, time, input_size]'}; "
+            f"got a {type(inputs).__name__} of {len(inputs)} items. For a list of per-step "
+            "arrays use static_rnn, or stack them with jnp.stack(steps, axis=1)."
+        )
+    if not hasattr(inputs, "ndim"):
+        try:
+            inputs = jnp.asarray(inputs)
+        except TypeError as e:
+            raise TypeError(f"{name} must be an array; got {type(inputs).__name__}.") from e
+    layout = "[time, batch, input_size]" if time_major else "[batch, time, input_size]"
+    if inputs.ndim != 3:
+        raise ValueError(f"{name} must have rank 3, {layout}; got shape {tuple(inputs.shape)}.")
+    if time_major:
+        time, batch, features = inputs.shape
+    else:
+        batch, time, features = inputs.shape
+    if time == 0:
+        raise ValueError(f"{name} must have at least one time step; got shape {inputs.shape}.")
+    return inputs, batch, time, features
+
+
+def _check_parallel_iterations(parallel_iterations) -> None:
+    if parallel_iterations is not None and (
+        isinstance(parallel_iterations, bool)
+        or not isinstance(parallel_iterations, int)
+        or parallel_iterations < 1
+    ):
+        raise ValueError(
+            f"parallel_iterations must be a positive int or None; got {parallel_iterations!r}."
+        )
+
+
+def dynamic_rnn(
+    cell,
+    inputs,
+    sequence_length=None,
+    initial_state=None,
+    dtype=None,
+    parallel_iterations=None,
+    swap_memory: bool = False,
+    time_major: bool = False,
+    scope=None,
+):
+    r"""Run ``cell`` over ``inputs`` in one compiled loop (TF1's ``tf.nn.dynamic_rnn``).
+
+    Per batch row ``b`` and step ``t`` (``state(b, -1)`` is the initial state)::
+
+        output[b, t], state(b, t) = (zeros, state(b, t - 1)) if t >= sequence_length[b]
+                                    else cell(inputs[b, t], state(b, t - 1))
+
+    and ``final_state[b] = state(b, sequence_length[b] - 1)``. The reference loop with the same
+    meaning (time-major)::
+
+        state = initial_state or cell.zero_state(batch, dtype)
+        outputs = []
+        for t in range(T):
+            out, new = cell(inputs[t], state)
+            valid = t < sequence_length              # all True without lengths
+            outputs.append(where(valid, out, 0))
+            state = where(valid, new, state)
+        return stack(outputs), state
+
+    The program holds one copy of the cell inside one loop, so its size and compile time do not
+    depend on ``T``.
+
+    **Arguments:**
+
+    - ``cell``: a cell (built-in, wrapper, or any object following the cell protocol).
+    - ``inputs``: ``[batch, time, input_size]`` (``[time, batch, input_size]`` with
+      ``time_major=True``); non-floating arrays are cast to ``dtype``.
+    - ``sequence_length``: optional int ``[batch]`` with values in ``[0, time]``. Checked when
+      concrete; under ``jax.jit`` values are traced and unchecked, and then a length above
+      ``time`` acts as ``time`` and a negative one as 0.
+    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays.
+    - ``dtype``: dtype of the state and outputs; required without ``initial_state`` unless the
+      cell declares one. An explicit ``dtype`` wins.
+    - ``parallel_iterations``: accepted for TF1 compatibility (a positive int or ``None``); XLA
+      schedules the loop itself, so it changes nothing.
+    - ``swap_memory``: accepted for TF1 compatibility; see the memory strategies in the README.
+    - ``time_major``: layout of ``inputs`` and ``outputs``.
+    - ``scope``: accepted for TF1 compatibility; names nothing.
+
+    **Returns:** ``(outputs, final_state)``: ``outputs`` is ``[batch, time, output_size]`` (or
+    time-major), zero past each row's length; ``final_state`` matches ``cell.state_size``.
+
+    **Example:**
+
+    >>> cell = recurrax.BasicLSTMCell(64, 32, key=jax.random.key(0))
+    >>> outputs, (c, h) = recurrax.dynamic_rnn(cell, x, sequence_length=lengths, dtype=jnp.float32)
+    """
+    del scope
+    check_cell(cell)
+    _check_parallel_iterations(parallel_iterations)
+    if not isinstance(swap_memory, bool):
+        raise TypeError(f"swap_memory must be a bool; got {type(swap_memory).__name__}.")
+    inputs, batch, time, features = _check_inputs(inputs, time_major)
+    check_feature_size(cell, features, "inputs")
+    sequence_length = check_sequence_length(sequence_length, batch, time)
+    state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
+    xs = inputs.astype(dtype)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)  # (T, B, I)
+
+    def step(state, x_t, t):
+        out, new_state = masked_step(cell, x_t, state, t, sequence_length, dtype)
+        return new_state, out
+
+    final_state, outputs = run_loop(step, state, xs)
+    if not time_major:
+        outputs = jax.tree_util.tree_map(lambda y: jnp.swapaxes(y, 0, 1), outputs)
+    return outputs, final_state
+
+
+def bidirectional_dynamic_rnn(
+    cell_fw,
+    cell_bw,
+    inputs,
+    sequence_length=None,
+    initial_state_fw=None,
+    initial_state_bw=None,
+    dtype=None,
+    parallel_iterations=None,
+    swap_memory: bool = False,
+    time_major: bool = False,
+    scope=None,
+):
+    """Forward and backward :func:`dynamic_rnn` over the same inputs (TF1's version).
+
+    The backward cell reads each row reversed within its own length (``reverse_sequence``);
+    its outputs are reversed back so that step ``t`` of both directions lines up.
+
+    **Returns:** ``((output_fw, output_bw), (state_fw, state_bw))``; the outputs are not
+    concatenated (``jnp.concatenate(outputs, -1)`` does that).
+    """
+    del scope
+    check_cell(cell_fw, "cell_fw")
+    check_cell(cell_bw, "cell_bw")
+    inputs, batch, time, _ = _check_inputs(inputs, time_major)
+    sequence_length = check_sequence_length(sequence_length, batch, time)
+    t_axis, b_axis = (0, 1) if time_major else (1, 0)
+    common = dict(
+        sequence_length=sequence_length,
+        dtype=dtype,
+        parallel_iterations=parallel_iterations,
+        swap_memory=swap_memory,
+        time_major=time_major,
+    )
+    out_fw, state_fw = dynamic_rnn(cell_fw, inputs, initial_state=initial_state_fw, **common)
+    reversed_inputs = reverse_sequence(inputs, sequence_length, t_axis, b_axis)
+    out_bw, state_bw = dynamic_rnn(
+        cell_bw, reversed_inputs, initial_state=initial_state_bw, **common
+    )
+    out_bw = reverse_sequence(out_bw, sequence_length, t_axis, b_axis)
+    return (out_fw, out_bw), (state_fw, state_bw)

@@ -1,0 +1,148 @@
+"""``static_rnn`` and ``static_bidirectional_rnn``: one copy of the cell per time step.
+
+The Python loop below runs while JAX traces, so the program holds ``T`` copies of the cell: it
+grows with the number of steps, and a new ``T`` means a new trace and a new compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ._lengths import check_sequence_length, reverse_sequence
+from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
+
+__all__ = ["static_rnn", "static_bidirectional_rnn"]
+
+
+def _check_step_inputs(inputs, name: str = "inputs"):
+    """Return ``(list of [B, I] arrays, B, I)`` or raise a clear error."""
+    if hasattr(inputs, "ndim") or not isinstance(inputs, Sequence):
+        got = f"an array of shape {tuple(inputs.shape)}" if hasattr(inputs, "shape") else None
+        raise TypeError(
+            f"{name} must be a list of [batch, input_size] arrays, one per time step; got "
+            f"{got or type(inputs).__name__}. For a [batch, time, input_size] array use "
+            "dynamic_rnn, or split it with list(jnp.moveaxis(x, 1, 0))."
+        )
+    if len(inputs) == 0:
+        raise ValueError(f"{name} must hold at least one time step; got an empty list.")
+    xs = [x if hasattr(x, "ndim") else jnp.asarray(x) for x in inputs]
+    for t, x in enumerate(xs):
+        if x.ndim != 2:
+            raise ValueError(
+                f"{name}[{t}] must have shape [batch, input_size] (rank 2); "
+                f"got shape {tuple(x.shape)}."
+            )
+    batch, features = xs[0].shape
+    for t, x in enumerate(xs[1:], start=1):
+        if x.shape != (batch, features):
+            raise ValueError(
+                f"every step of {name} must have the same shape [batch, input_size]; "
+                f"{name}[0] has {(batch, features)} but {name}[{t}] has {tuple(x.shape)}."
+            )
+    return xs, batch, features
+
+
+def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=None, scope=None):
+    r"""Unroll ``cell`` over a list of steps, one copy of the cell per step (TF1's ``static_rnn``).
+
+    Per batch row ``b`` and step ``t`` (``state(b, -1)`` is the initial state)::
+
+        output[t][b], state(b, t) = (zeros, state(b, t - 1)) if t >= sequence_length[b]
+                                    else cell(inputs[t][b], state(b, t - 1))
+
+    The reference loop with the same meaning::
+
+        state = initial_state or cell.zero_state(batch, dtype)
+        outputs = []
+        for t, x in enumerate(inputs):
+            out, new = cell(x, state)
+            valid = t < sequence_length              # all True without lengths
+            outputs.append(where(valid, out, 0))
+            state = where(valid, new, state)
+        return outputs, state
+
+    **Arguments:**
+
+    - ``cell``: a cell (see :mod:`recurrax` for the protocol).
+    - ``inputs``: a non-empty list of ``T`` arrays ``[batch, input_size]``; non-floating arrays
+      are cast to ``dtype``, as TF1 casts what it feeds to a placeholder.
+    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays; default
+      ``cell.zero_state(batch, dtype)``.
+    - ``dtype``: the dtype of the state and outputs; required when there is no ``initial_state``
+      and the cell declares no dtype; an explicit ``dtype`` wins.
+    - ``sequence_length``: optional int ``[batch]`` in ``[0, T]``. When its values are concrete
+      the cell is not even called for steps at or past ``max(sequence_length)``.
+    - ``scope``: accepted for TF1 compatibility; names nothing.
+
+    **Returns:** ``(outputs, final_state)``: a list of ``T`` arrays ``[batch, output_size]`` and
+    the state after each row's last valid step.
+
+    The program holds ``T`` copies of the cell, so it grows, and compiles more slowly, with
+    ``T``; every new ``T`` retraces. Use :func:`~recurrax.dynamic_rnn` for long or varying ``T``.
+
+    **Example:**
+
+    >>> cell = recurrax.BasicRNNCell(5, 3, key=jax.random.key(0))
+    >>> (y0, y1), h = recurrax.static_rnn(cell, [x0, x1], dtype=jnp.float32)
+    """
+    del scope
+    check_cell(cell)
+    xs, batch, features = _check_step_inputs(inputs)
+    check_feature_size(cell, features, "inputs")
+    sequence_length = check_sequence_length(sequence_length, batch, len(xs))
+    state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
+    xs = [x.astype(dtype) for x in xs]
+
+    # With concrete lengths TF1 skips the cell past the longest row; do the same.
+    n_run = len(xs)
+    if sequence_length is not None and not isinstance(sequence_length, jax.core.Tracer):
+        n_run = int(jnp.max(sequence_length)) if batch else 0
+    outputs = []
+    for t, x in enumerate(xs[:n_run]):
+        with jax.named_scope(f"step_{t}"):
+            out, state = masked_step(cell, x, state, t, sequence_length, dtype)
+        outputs.append(out)
+    if n_run < len(xs):
+        out_shape = jax.eval_shape(
+            lambda x, s: masked_step(cell, x, s, 0, None, dtype)[0], xs[0], state
+        )
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+        outputs.extend([zeros] * (len(xs) - n_run))
+    return outputs, state
+
+
+def static_bidirectional_rnn(
+    cell_fw,
+    cell_bw,
+    inputs,
+    initial_state_fw=None,
+    initial_state_bw=None,
+    dtype=None,
+    sequence_length=None,
+    scope=None,
+):
+    """Forward and backward :func:`static_rnn` over the same steps (TF1's version).
+
+    The backward cell reads each row reversed within its own length (``reverse_sequence``), and
+    its outputs are reversed back so that step ``t`` of both directions lines up.
+
+    **Arguments:** as :func:`static_rnn`, with a cell and an optional initial state per
+    direction.
+
+    **Returns:** ``(outputs, state_fw, state_bw)`` where ``outputs[t]`` is
+    ``concat([out_fw[t], out_bw[t]], -1)``, of shape ``[batch, out_fw + out_bw]``.
+    """
+    del scope
+    check_cell(cell_fw, "cell_fw")
+    check_cell(cell_bw, "cell_bw")
+    xs, batch, _ = _check_step_inputs(inputs)
+    sequence_length = check_sequence_length(sequence_length, batch, len(xs))
+    out_fw, state_fw = static_rnn(cell_fw, xs, initial_state_fw, dtype, sequence_length)
+    reversed_xs = list(reverse_sequence(jnp.stack(xs), sequence_length))
+    out_bw, state_bw = static_rnn(cell_bw, reversed_xs, initial_state_bw, dtype, sequence_length)
+    out_bw = list(reverse_sequence(jnp.stack(out_bw), sequence_length))
+    outputs = [jnp.concatenate([f, b], -1) for f, b in zip(out_fw, out_bw)]
+    return outputs, state_fw, state_bw

@@ -1,0 +1,38 @@
+"""The ``recurrax`` command: ``recurrax demo`` (and more subcommands as they are added)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_demo(args) -> int:
+    from ._demo import run_article_example
+
+    equal = run_article_example(seed=args.seed)
+    return 0 if equal else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recurrax", description="TF1-style recurrent networks for JAX."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="run the article's example through static_rnn and dynamic_rnn"
+    )
+    demo.add_argument("--seed", type=int, default=42, help="PRNG seed of the cell's weights")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

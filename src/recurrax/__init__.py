@@ -5,12 +5,17 @@ unrolls one copy of the cell per step, and :func:`dynamic_rnn`, which runs one c
 """
 
 from ._base import LSTMStateTuple as LSTMStateTuple
+from ._buckets import BucketedFunction as BucketedFunction
+from ._buckets import bucketed as bucketed
+from ._buckets import pad_to_bucket as pad_to_bucket
 from ._cells import BasicLSTMCell as BasicLSTMCell
 from ._cells import BasicRNNCell as BasicRNNCell
 from ._cells import GRUCell as GRUCell
 from ._cells import LSTMCell as LSTMCell
 from ._dynamic import bidirectional_dynamic_rnn as bidirectional_dynamic_rnn
 from ._dynamic import dynamic_rnn as dynamic_rnn
+from ._inspect import ProgramReport as ProgramReport
+from ._inspect import inspect_program as inspect_program
 from ._lengths import reverse_sequence as reverse_sequence
 from ._static import static_bidirectional_rnn as static_bidirectional_rnn
 from ._static import static_rnn as static_rnn

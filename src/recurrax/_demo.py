@@ -1,16 +1,35 @@
-"""``recurrax demo``: the source article's example through both runners."""
+"""``recurrax demo``: the source article's example through both runners, then the trade-off
+between them as ``T`` grows: program size, compile time, run time and gradient-step memory."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cells import BasicRNNCell
+from ._cells import BasicLSTMCell, BasicRNNCell, GRUCell
 from ._dynamic import dynamic_rnn
+from ._inspect import ProgramReport, inspect_program
 from ._static import static_rnn
 
-__all__ = ["ARTICLE_BATCH", "run_article_example"]
+__all__ = [
+    "ARTICLE_BATCH",
+    "DEMO_LENGTHS",
+    "TradeoffRow",
+    "run_article_example",
+    "measure_tradeoff",
+    "format_tradeoff",
+    "plot_tradeoff",
+    "run_demo",
+    "add_demo_arguments",
+    "run_demo_cli",
+]
 
 # 4 instances x 2 time steps x 3 inputs, exactly as in the article.
 ARTICLE_BATCH = np.array(
@@ -21,6 +40,9 @@ ARTICLE_BATCH = np.array(
         [[9, 0, 1], [3, 2, 1]],  # instance 3
     ]
 )
+DEMO_LENGTHS = (2, 10, 50, 100, 200, 500)
+_CELLS = {"basic_rnn": BasicRNNCell, "gru": GRUCell, "basic_lstm": BasicLSTMCell}
+_RUNNERS = ("static_rnn", "dynamic_rnn")
 
 
 def run_article_example(seed: int = 42, echo=print) -> bool:
@@ -53,3 +75,376 @@ def run_article_example(seed: int = 42, echo=print) -> bool:
         f"{'yes' if np.allclose(states, outputs[:, -1]) else 'NO'}"
     )
     return equal
+
+
+@dataclasses.dataclass(frozen=True)
+class TradeoffRow:
+    """One runner at one length: the forward pass and the gradient step, as inspected."""
+
+    time: int
+    runner: str
+    forward: ProgramReport
+    gradient: ProgramReport
+
+
+def _static(cell, xs):
+    return static_rnn(cell, xs, dtype=jnp.float32)
+
+
+def _dynamic(cell, x):
+    return dynamic_rnn(cell, x, dtype=jnp.float32)
+
+
+def _predict_seconds(history: Sequence[tuple[int, float]], time_steps: int) -> float:
+    """Extrapolate a runner's seconds at ``time_steps`` from ``(T, seconds)`` measured so far.
+
+    The growth exponent comes from the last two points, kept in ``[1, 3]``: at least linear (the
+    program holds one cell per step), at most cubic (XLA's passes are superlinear in program
+    size, and small ``T`` hide it under fixed costs).
+    """
+    (t1, s1), (t2, s2) = (history[-2] if len(history) > 1 else (0, 0.0)), history[-1]
+    power = 1.0
+    if t1 > 0 and s1 > 0 and t2 > t1:
+        power = min(max(math.log(s2 / s1) / math.log(t2 / t1), 1.0), 3.0)
+    return s2 * (time_steps / t2) ** power
+
+
+class _Progress:
+    """Progress on stderr: a rich bar on a terminal when rich is installed, else plain lines."""
+
+    def __init__(self, total: int, mode: str):
+        if mode not in ("auto", "rich", "plain", "none"):
+            raise ValueError(f"progress must be 'auto', 'rich', 'plain' or 'none'; got {mode!r}.")
+        self.total, self.done, self.bar = total, 0, None
+        self.mode = "none" if mode == "none" else "plain"
+        if mode == "rich" or (mode == "auto" and sys.stderr.isatty()):
+            try:
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+            except ImportError:
+                pass
+            else:
+                self.bar = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
+                self.task = self.bar.add_task("measuring", total=total)
+                self.mode = "rich"
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return False if self.bar is None else self.bar.__exit__(*exc)
+
+    def start(self, what: str) -> None:
+        if self.mode == "rich":
+            self.bar.update(self.task, description=what)
+        elif self.mode == "plain":
+            print(f"[{self.done + 1}/{self.total}] {what} ...", end="", file=sys.stderr, flush=True)
+
+    def finish(self, seconds: float) -> None:
+        self.done += 1
+        if self.mode == "rich":
+            self.bar.update(self.task, completed=self.done)
+        elif self.mode == "plain":
+            print(f" {seconds:.2f} s", file=sys.stderr, flush=True)
+
+
+def measure_tradeoff(
+    lengths: Sequence[int] = DEMO_LENGTHS,
+    *,
+    budget_s: float = 60.0,
+    cell: str = "basic_rnn",
+    num_units: int = 5,
+    input_size: int = 3,
+    batch: int = 4,
+    seed: int = 42,
+    progress: str = "auto",
+) -> tuple[list[TradeoffRow], str | None]:
+    """Inspect ``static_rnn`` and ``dynamic_rnn`` at each length, within a time budget.
+
+    At each ``T`` both runners' forward pass and gradient step (with respect to the cell's
+    weights, loss ``0.5 * sum of squares`` of outputs and final state) are traced, compiled and
+    run by :func:`~recurrax.inspect_program`. The first length is always measured. Before each
+    later one the static runner's cost is extrapolated from the lengths already measured; if
+    the budget is spent, or the next length would overrun it, the table stops there.
+
+    **Arguments:**
+
+    - ``lengths``: increasing positive numbers of time steps.
+    - ``budget_s``: seconds the whole measurement may take (``>= 0``).
+    - ``cell``: ``"basic_rnn"`` (the article's cell), ``"gru"`` or ``"basic_lstm"``.
+    - ``num_units``, ``input_size``, ``batch``: sizes; the default is the article's example.
+    - ``seed``: seeds the weights and the random inputs ``[batch, T, input_size]``.
+    - ``progress``: ``"auto"`` (a rich bar on a terminal, else plain lines), ``"rich"``,
+      ``"plain"`` or ``"none"``; progress goes to stderr.
+
+    **Returns:** ``(rows, stopped)``: two :class:`TradeoffRow` per measured length (static
+    first), and ``None`` or a sentence saying where and why the table stopped early.
+    """
+    lengths = [int(t) for t in lengths]
+    if not lengths or any(t < 1 for t in lengths) or sorted(set(lengths)) != lengths:
+        raise ValueError(f"lengths must be increasing positive integers; got {lengths}.")
+    if not budget_s >= 0:
+        raise ValueError(f"budget_s must be a number of seconds >= 0; got {budget_s}.")
+    if cell not in _CELLS:
+        raise ValueError(f"cell must be one of {sorted(_CELLS)}; got {cell!r}.")
+    kcell, kx = jax.random.split(jax.random.key(seed))
+    rnn = _CELLS[cell](num_units, input_size, key=kcell, dtype=jnp.float32)
+    rows: list[TradeoffRow] = []
+    cost: dict[str, list[tuple[int, float]]] = {r: [] for r in _RUNNERS}
+    stopped = None
+    t_start = time.perf_counter()
+    with _Progress(4 * len(lengths), progress) as bar:
+        for k, steps in enumerate(lengths):
+            spent = time.perf_counter() - t_start
+            if k > 0:
+                need = sum(_predict_seconds(cost[r], steps) for r in _RUNNERS)
+                if spent >= budget_s or spent + need > budget_s:
+                    stopped = (
+                        f"stopped before T={steps}: {spent:.1f} s of the {budget_s:g} s budget "
+                        f"spent, and T={steps} would take about {need:.0f} s more "
+                        f"(extrapolated from T={lengths[k - 1]}). Raise --budget to go on."
+                    )
+                    break
+            x = jax.random.normal(kx, (batch, steps, input_size), jnp.float32)
+            for runner, fn, data in (
+                ("static_rnn", _static, list(jnp.moveaxis(x, 1, 0))),
+                ("dynamic_rnn", _dynamic, x),
+            ):
+                t0 = time.perf_counter()
+                reports = []
+                for mode in ("forward", "gradient"):
+                    bar.start(f"T={steps} {runner} {mode}")
+                    t1 = time.perf_counter()
+                    reports.append(inspect_program(fn, rnn, data, grad=mode == "gradient"))
+                    bar.finish(time.perf_counter() - t1)
+                cost[runner].append((steps, time.perf_counter() - t0))
+                rows.append(TradeoffRow(steps, runner, *reports))
+    return rows, stopped
+
+
+_COLUMNS = (
+    ("T", "{:>5}", lambda r: r.time),
+    ("runner", "{:<11}", lambda r: r.runner),
+    ("jaxpr eqns", "{:>10}", lambda r: r.forward.jaxpr_eqns),
+    ("HLO ops", "{:>8}", lambda r: r.forward.hlo_ops),
+    ("compile s", "{:>9.3f}", lambda r: r.forward.build_s),
+    ("run ms", "{:>8.3f}", lambda r: r.forward.run_s * 1e3),
+    ("grad ops", "{:>8}", lambda r: r.gradient.hlo_ops),
+    ("grad compile s", "{:>14.3f}", lambda r: r.gradient.build_s),
+    ("grad run ms", "{:>11.3f}", lambda r: r.gradient.run_s * 1e3),
+    ("grad temp KiB", "{:>13}", lambda r: _kib(r.gradient.temp_bytes)),
+)
+
+
+def _kib(n) -> str:
+    return "n/a" if n is None else f"{n / 1024:.1f}"
+
+
+def format_tradeoff(rows: Sequence[TradeoffRow]) -> str:
+    """The rows as a plain-text table, one line per runner and length, with a legend."""
+    body = [[fmt.format(get(row)) for _, fmt, get in _COLUMNS] for row in rows]
+    widths = [
+        max([len(name)] + [len(b[k]) for b in body]) for k, (name, _, _) in enumerate(_COLUMNS)
+    ]
+    lines = ["  ".join(name.rjust(w) for (name, _, _), w in zip(_COLUMNS, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in body]
+    lines.append(
+        "compile s = trace + lower + XLA compile (the wait before the first call); run = the "
+        "fastest of 5 calls;\ngrad = value and gradient of a loss with respect to the weights; "
+        "grad temp = XLA's scratch memory for that step (saved activations)."
+    )
+    return "\n".join(lines)
+
+
+def plot_tradeoff(rows: Sequence[TradeoffRow], path) -> None:
+    """Draw program size, compile time, run time and gradient temp memory against ``T``.
+
+    **Arguments:** ``rows`` from :func:`measure_tradeoff`; ``path`` of the image (e.g. a PNG).
+    Raises ``ImportError`` naming the extra to install when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install 'recurrax[plot]'.") from e
+    matplotlib.use("Agg")  # files only: no display is needed
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("program size (StableHLO ops)", lambda r: r.forward.hlo_ops),
+        ("compile time (s)", lambda r: r.forward.build_s),
+        ("run time (ms)", lambda r: r.forward.run_s * 1e3),
+        ("gradient step temp memory (KiB)", lambda r: (r.gradient.temp_bytes or 0) / 1024),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (title, get) in zip(axes.flat, panels):
+        for runner, style in zip(_RUNNERS, ("o-", "s-")):
+            mine = [r for r in rows if r.runner == runner]
+            ax.plot([r.time for r in mine], [get(r) for r in mine], style, label=runner)
+        if "compile" in title:
+            for runner, style in zip(_RUNNERS, ("o--", "s--")):
+                mine = [r for r in rows if r.runner == runner]
+                ax.plot(
+                    [r.time for r in mine],
+                    [r.gradient.build_s for r in mine],
+                    style,
+                    label=f"{runner} gradient",
+                )
+        ax.set(title=title, xlabel="time steps T", xscale="log", yscale="log")
+        ax.legend(fontsize=8)
+    fig.suptitle("static_rnn vs dynamic_rnn as T grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install 'recurrax[plot]'.") from e
+
+
+def run_demo(
+    seed: int = 42,
+    *,
+    lengths: Sequence[int] = DEMO_LENGTHS,
+    budget_s: float = 60.0,
+    cell: str = "basic_rnn",
+    table: bool = True,
+    plot=None,
+    progress: str = "auto",
+    echo=print,
+) -> bool:
+    """``recurrax demo``: the article's example, then (``table=True``) the trade-off table.
+
+    **Arguments:** ``seed`` of the weights; ``lengths``, ``budget_s``, ``cell`` and ``progress``
+    as in :func:`measure_tradeoff` (the table uses the article's sizes: 5 units, 3 inputs, a
+    batch of 4); ``plot``, a path to draw the table to (needs matplotlib; checked before any
+    work); ``echo``, the line printer.
+
+    **Returns:** whether ``static_rnn`` and ``dynamic_rnn`` agreed on the example.
+    """
+    if plot is not None:
+        _require_matplotlib()
+    equal = run_article_example(seed=seed, echo=echo)
+    if not table:
+        return equal
+    echo(
+        f"\nstatic_rnn vs dynamic_rnn as T grows ({cell}, 5 units, 3 inputs, batch 4; "
+        f"budget {budget_s:g} s):"
+    )
+    rows, stopped = measure_tradeoff(
+        lengths, budget_s=budget_s, cell=cell, seed=seed, progress=progress
+    )
+    echo(format_tradeoff(rows))
+    if stopped:
+        echo(stopped)
+    static = [r for r in rows if r.runner == "static_rnn"]
+    dynamic = [r for r in rows if r.runner == "dynamic_rnn"]
+    if len(static) > 1:
+        first, last = static[0], static[-1]
+        echo(
+            f"from T={first.time} to T={last.time}: static_rnn's program grew "
+            f"{last.forward.hlo_ops / first.forward.hlo_ops:.1f}x, dynamic_rnn's "
+            f"{dynamic[-1].forward.hlo_ops / dynamic[0].forward.hlo_ops:.1f}x."
+        )
+    if plot is not None:
+        plot_tradeoff(rows, plot)
+        echo(f"plot written to {plot}")
+    return equal
+
+
+def _lengths_arg(text: str) -> tuple[int, ...]:
+    import argparse
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values) or sorted(set(values)) != list(values):
+        raise argparse.ArgumentTypeError(
+            f"--lengths must be increasing positive integers separated by commas, e.g. "
+            f"2,10,50; got {text!r}."
+        )
+    return values
+
+
+def _budget_arg(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"--budget must be seconds >= 0; got {text!r}.")
+    return value
+
+
+def add_demo_arguments(parser) -> None:
+    """The options of ``recurrax demo`` on an ``argparse`` (sub)parser."""
+    parser.add_argument("--seed", type=int, default=42, help="PRNG seed of the cell's weights")
+    parser.add_argument(
+        "--lengths",
+        type=_lengths_arg,
+        default=DEMO_LENGTHS,
+        metavar="T,T,...",
+        help="time steps of the trade-off table (default %(default)s)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=_budget_arg,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop the table before a length that would overrun this many seconds (default 60)",
+    )
+    parser.add_argument(
+        "--cell", choices=sorted(_CELLS), default="basic_rnn", help="the cell of the table"
+    )
+    parser.add_argument(
+        "--plot", metavar="FILE.png", default=None, help="draw the table (needs matplotlib)"
+    )
+    parser.add_argument(
+        "--no-table", dest="table", action="store_false", help="only the article's example"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "none"),
+        default="auto",
+        help="progress on stderr: a rich bar on a terminal (auto), plain lines, or none",
+    )
+
+
+def run_demo_cli(args) -> int:
+    """Run ``recurrax demo`` from parsed arguments; the exit status (2 when --plot cannot)."""
+    if args.plot is not None:
+        try:
+            _require_matplotlib()
+        except ImportError as e:
+            print(f"recurrax demo: {e}", file=sys.stderr)
+            return 2
+    equal = run_demo(
+        args.seed,
+        lengths=args.lengths,
+        budget_s=args.budget,
+        cell=args.cell,
+        table=args.table,
+        plot=args.plot,
+        progress=args.progress,
+    )
+    return 0 if equal else 1

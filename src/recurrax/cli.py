@@ -9,10 +9,9 @@ __all__ = ["main"]
 
 
 def _cmd_demo(args) -> int:
-    from ._demo import run_article_example
+    from ._demo import run_demo_cli
 
-    equal = run_article_example(seed=args.seed)
-    return 0 if equal else 1
+    return run_demo_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,10 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from ._demo import add_demo_arguments
+
     demo = sub.add_parser(
-        "demo", help="run the article's example through static_rnn and dynamic_rnn"
+        "demo",
+        help="run the article's example through static_rnn and dynamic_rnn, then compare "
+        "their program size, compile time, run time and memory as T grows",
     )
-    demo.add_argument("--seed", type=int, default=42, help="PRNG seed of the cell's weights")
+    add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -179,8 +179,9 @@ def measure_tradeoff(
     At each ``T`` both runners' forward pass and gradient step (with respect to the cell's
     weights, loss ``0.5 * sum of squares`` of outputs and final state) are traced, compiled and
     run by :func:`~recurrax.inspect_program`. The first length is always measured. Before each
-    later one the static runner's cost is extrapolated from the lengths already measured; if
-    the budget is spent, or the next length would overrun it, the table stops there.
+    later one each runner's cost there is extrapolated from the lengths already measured (the
+    static one grows at least linearly); if the budget is spent, or the next length would
+    overrun it, the table stops there.
 
     **Arguments:**
 

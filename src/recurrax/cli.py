@@ -14,6 +14,12 @@ def _cmd_demo(args) -> int:
     return run_demo_cli(args)
 
 
+def _cmd_train(args) -> int:
+    from ._train_cli import run_train
+
+    return run_train(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recurrax", description="TF1-style recurrent networks for JAX."
@@ -29,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    from ._train_cli import add_train_arguments
+
+    train = sub.add_parser("train", help="train a sequence model on bundled data (digits, sine)")
+    add_train_arguments(train)
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

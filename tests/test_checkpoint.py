@@ -1,0 +1,145 @@
+"""Training checkpoints: exact round trip, atomic replacement, refusal of bad or foreign files."""
+
+import os
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+import pytest
+
+import recurrax
+from recurrax._checkpoint import checkpoint_path
+
+CONFIG = {"task": "digits", "cell": "lstm", "learning_rate": 0.01, "seed": 3}
+
+
+def _state(key, steps=2):
+    """A model and an Adam state that has taken ``steps`` steps (so its moments are not zero)."""
+    model = recurrax.RecurrentModel(recurrax.GRUCell(5, 3, key=key), 4, key=key)
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(eqx.filter(model, eqx.is_array))
+    x = jax.numpy.ones((2, 6, 3), jax.numpy.float32)
+    for _ in range(steps):
+        grads = eqx.filter_grad(lambda m: (m(x) ** 2).sum())(model)
+        updates, opt_state = opt.update(grads, opt_state)
+        model = eqx.apply_updates(model, updates)
+    return model, opt_state
+
+
+def _bits(tree):
+    return [
+        np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
+    ]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, opt_state = _state(jax.random.key(0))
+    recurrax.save_checkpoint(
+        tmp_path,
+        model=model,
+        opt_state=opt_state,
+        step=17,
+        key=jax.random.key(9),
+        data_state={"seed": 3},
+        config=CONFIG,
+        history={"loss": [1.5, 0.25]},
+    )
+    return tmp_path, model, opt_state
+
+
+def test_round_trip_is_exact(saved):
+    directory, model, opt_state = saved
+    like_model, like_opt = _state(jax.random.key(1), steps=0)
+    ckpt = recurrax.load_checkpoint(directory, model=like_model, opt_state=like_opt, config=CONFIG)
+    assert _bits(ckpt.model) == _bits(model) and _bits(ckpt.model) != _bits(like_model)
+    assert _bits(ckpt.opt_state) == _bits(opt_state)
+    assert int(ckpt.opt_state[0].count) == 2
+    assert ckpt.step == 17
+    assert np.array_equal(jax.random.key_data(ckpt.key), jax.random.key_data(jax.random.key(9)))
+    assert ckpt.data_state == {"seed": 3} and ckpt.config == CONFIG
+    assert ckpt.history == {"loss": [1.5, 0.25]}
+
+
+def test_other_settings_are_refused_and_nothing_is_written(saved):
+    directory, _, _ = saved
+    before = checkpoint_path(directory).read_bytes()
+    model, opt_state = _state(jax.random.key(1), steps=0)
+    with pytest.raises(
+        ValueError,
+        match=r"other settings: cell: checkpoint has 'lstm', this run has 'gru'; seed: "
+        r"checkpoint has 3, this run has 4\. Resume with the same settings",
+    ):
+        recurrax.load_checkpoint(
+            directory, model=model, opt_state=opt_state, config={**CONFIG, "cell": "gru", "seed": 4}
+        )
+    assert checkpoint_path(directory).read_bytes() == before
+
+
+def test_other_model_or_optimizer_is_refused(saved, getkey):
+    directory, _, opt_state = saved
+    other = recurrax.RecurrentModel(recurrax.GRUCell(6, 3, key=getkey()), 4, key=getkey())
+    with pytest.raises(ValueError, match=r"does not match the model: array '\.cell\.gates_kernel'"):
+        recurrax.load_checkpoint(directory, model=other, opt_state=opt_state)
+    model, _ = _state(getkey(), steps=0)
+    sgd_state = optax.sgd(0.1, momentum=0.9).init(eqx.filter(model, eqx.is_array))
+    with pytest.raises(ValueError, match="does not match the optimizer state: arrays the"):
+        recurrax.load_checkpoint(directory, model=model, opt_state=sgd_state)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_checkpoint_is_refused_and_left_as_is(saved, damage):
+    directory, model, opt_state = saved
+    path = checkpoint_path(directory)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-3] ^= 0x80
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is truncated" if damage == "truncate" else "corrupted"):
+        recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_missing_checkpoint_and_bad_step(tmp_path):
+    model, opt_state = _state(jax.random.key(0), steps=0)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*checkpoint.rcx"):
+        recurrax.load_checkpoint(tmp_path, model=model, opt_state=opt_state)
+    with pytest.raises(ValueError, match=r"step must be an int >= 0; got -1"):
+        recurrax.save_checkpoint(
+            tmp_path,
+            model=model,
+            opt_state=opt_state,
+            step=-1,
+            key=jax.random.key(0),
+            data_state={},
+            config={},
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(saved, monkeypatch):
+    directory, model, opt_state = saved
+    before = checkpoint_path(directory).read_bytes()
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recurrax.save_checkpoint(
+            directory,
+            model=model,
+            opt_state=opt_state,
+            step=18,
+            key=jax.random.key(9),
+            data_state={"seed": 3},
+            config=CONFIG,
+        )
+    monkeypatch.undo()
+    assert checkpoint_path(directory).read_bytes() == before
+    assert [p.name for p in directory.iterdir()] == ["checkpoint.rcx"]
+    ckpt = recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+    assert ckpt.step == 17

@@ -1,0 +1,176 @@
+"""recurrax train: exact resume, data parallel = one device, the models learn, the command runs."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import recurrax
+from recurrax._checkpoint import checkpoint_path
+from recurrax.cli import main
+
+# 1437 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
+TINY = recurrax.TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
+
+
+def _bits(tree):
+    return [
+        np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
+    ]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A run of TINY stopped after 7 steps (mid-epoch), with its checkpoint."""
+    directory = tmp_path_factory.mktemp("interrupted")
+    result = recurrax.train(TINY, save_dir=directory, stop_after=7)
+    return directory, result
+
+
+def test_resume_is_bit_identical(interrupted, tmp_path):
+    directory, first = interrupted
+    assert first.step == 7
+    shutil.copytree(directory, tmp_path / "run")
+    resumed = recurrax.train(TINY, save_dir=tmp_path / "run", resume=True)
+    straight = recurrax.train(TINY)
+    assert resumed.step == straight.step == 44
+    assert _bits(resumed.model) == _bits(straight.model)
+    assert _bits(resumed.opt_state) == _bits(straight.opt_state)
+    assert _bits(first.model) != _bits(straight.model)
+    assert resumed.history == straight.history  # per-step losses, before and after the stop
+    assert len(straight.history["loss"]) == 44 and len(straight.history["test_metric"]) == 2
+    assert straight.test_metric > 0.3  # it learns: chance is 0.1 (it reaches 0.47 here)
+    ckpt = recurrax.load_checkpoint(
+        tmp_path / "run", model=straight.model, opt_state=straight.opt_state
+    )
+    assert ckpt.step == 44 and _bits(ckpt.model) == _bits(straight.model)
+
+
+def test_resume_refuses_other_settings_or_a_damaged_checkpoint(interrupted, tmp_path):
+    directory, _ = interrupted
+    run = tmp_path / "run"
+    shutil.copytree(directory, run)
+    before = checkpoint_path(run).read_bytes()
+    other = recurrax.TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.9)
+    with pytest.raises(ValueError, match="keep_prob: checkpoint has 0.8, this run has 0.9"):
+        recurrax.train(other, save_dir=run, resume=True)
+    checkpoint_path(run).write_bytes(before[:-100])
+    with pytest.raises(ValueError, match="is truncated"):
+        recurrax.train(TINY, save_dir=run, resume=True)
+    assert checkpoint_path(run).read_bytes() == before[:-100]  # nothing overwritten
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        recurrax.train(TINY, save_dir=tmp_path / "empty", resume=True)
+    with pytest.raises(ValueError, match="resume=True needs save_dir"):
+        recurrax.train(TINY, resume=True)
+
+
+_DATA_PARALLEL = """
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax, numpy as np
+import recurrax
+
+devices = jax.devices()
+assert len(devices) == 4, devices
+cfg = recurrax.TrainConfig(task="sine", num_units=8, batch_size=64, keep_prob=0.8)
+one = recurrax.train(cfg, devices=devices[:1], stop_after=6)
+four = recurrax.train(cfg, stop_after=6)
+after_one_step = recurrax.train(cfg, devices=devices[:1], stop_after=1)  # compiled already
+
+
+def leaves(result):
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(result.model)]
+
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a), leaves(b)))
+
+
+out = {
+    "loss_one": one.history["loss"],
+    "loss_four": four.history["loss"],
+    "max_param_diff": max_diff(one, four),
+    "max_param_change": max_diff(one, after_one_step),
+    "devices": [
+        len(one.model.readout_kernel.sharding.device_set),
+        len(four.model.readout_kernel.sharding.device_set),
+    ],
+}
+try:
+    recurrax.train(recurrax.TrainConfig(batch_size=30))
+except ValueError as e:
+    out["error"] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_data_parallel_matches_one_device():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert out["devices"] == [1, 4]
+    assert len(out["loss_one"]) == 6
+    np.testing.assert_allclose(out["loss_four"], out["loss_one"], rtol=1e-5)
+    assert out["max_param_diff"] < 1e-5  # float32 summation order only
+    assert out["max_param_change"] > 1e-3  # the weights moved: agreement is not vacuous
+    assert "batch_size=30 must be divisible by the 4 devices" in out["error"]
+
+
+def test_static_and_dynamic_modes_train_alike():
+    runs = {
+        mode: recurrax.train(
+            recurrax.TrainConfig(cell="gru", mode=mode, num_units=8, batch_size=64),
+            stop_after=4,
+            progress="rich" if mode == "static" else "none",
+        )
+        for mode in ("static", "dynamic")
+    }
+    np.testing.assert_allclose(
+        runs["static"].history["loss"], runs["dynamic"].history["loss"], rtol=1e-5
+    )
+    for a, b in zip(
+        jax.tree_util.tree_leaves(runs["static"].model),
+        jax.tree_util.tree_leaves(runs["dynamic"].model),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_sine_prints_mse_below_baseline_and_plots(tmp_path, capsys):
+    plot = tmp_path / "curves.png"
+    argv = ["train", "--task", "sine", "--epochs", "1", "--num-units", "32", "--progress", "plain"]
+    assert main([*argv, "--plot", str(plot), "--save", str(tmp_path / "ck")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"epoch   1/1  step    64  loss \d\.\d{4}  train mse", out)
+    mse, baseline = map(
+        float, re.search(r"test mse: (\S+) \(last-value baseline: (\S+)\)", out).groups()
+    )
+    assert mse < 0.5 * baseline
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert checkpoint_path(tmp_path / "ck").is_file()
+
+
+def test_cli_reports_errors(tmp_path, capsys):
+    assert main(["train", "--resume"]) == 2
+    assert "resume=True needs save_dir" in capsys.readouterr().out
+    assert main(["train", "--save", str(tmp_path), "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().out
+    assert main(["train", "--keep-prob", "1.5"]) == 2
+    assert "keep_prob must be in (0, 1]; got 1.5" in capsys.readouterr().out
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match=r"cell must be one of \['basic_rnn', 'gru', 'lstm'\]"):
+        recurrax.TrainConfig(cell="lstm2")
+    with pytest.raises(ValueError, match="num_units must be a positive int; got 0"):
+        recurrax.TrainConfig(num_units=0)
+    assert recurrax.TrainConfig(task="sine").epochs == 20

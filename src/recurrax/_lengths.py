@@ -85,8 +85,16 @@ def mask_output(valid, output):
 def reverse_sequence(xs, sequence_length, time_axis: int = 0, batch_axis: int = 1):
     """Reverse each row of every leaf of ``xs`` within its own length (``tf.reverse_sequence``).
 
-    Steps at or past a row's length stay where they are. With ``sequence_length=None`` the whole
-    time axis is flipped.
+    **Arguments:**
+
+    - ``xs``: an array (or a nest of arrays) with a time axis and a batch axis, e.g.
+      ``[T, B, ...]``.
+    - ``sequence_length``: int ``[B]``; row ``b`` has its first ``sequence_length[b]`` steps
+      reversed and the steps at or past that length left where they are. ``None`` flips the
+      whole time axis. Lengths outside ``[0, T]`` act as the nearest end (clipped).
+    - ``time_axis``, ``batch_axis``: where those axes are (default ``0`` and ``1``).
+
+    **Returns:** ``xs`` reversed, same shapes and dtypes.
     """
     if sequence_length is None:
         return jax.tree_util.tree_map(lambda x: jnp.flip(x, time_axis), xs)
@@ -94,7 +102,10 @@ def reverse_sequence(xs, sequence_length, time_axis: int = 0, batch_axis: int = 
     def rev(x):
         x_tm = jnp.moveaxis(x, (time_axis, batch_axis), (0, 1))  # (T, B, ...)
         t = jnp.arange(x_tm.shape[0])[:, None]  # (T, 1)
-        src = jnp.where(t < sequence_length[None, :], sequence_length[None, :] - 1 - t, t)
+        # Traced lengths are unchecked: clip so that one above T acts as T (not an
+        # out-of-range gather, which fills NaN) and a negative one as 0, as the runners do.
+        n = jnp.clip(jnp.asarray(sequence_length), 0, x_tm.shape[0])[None, :]  # (1, B)
+        src = jnp.where(t < n, n - 1 - t, t)
         out = jnp.take_along_axis(x_tm, _expand(src, x_tm), axis=0)
         return jnp.moveaxis(out, (0, 1), (time_axis, batch_axis))
 

@@ -106,8 +106,13 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
             out, state = masked_step(cell, x, state, t, sequence_length, dtype)
         outputs.append(out)
     if n_run < len(xs):
-        out_shape = jax.eval_shape(
-            lambda x, s: masked_step(cell, x, s, 0, None, dtype)[0], xs[0], state
+        # Shapes of the skipped outputs: from a computed step, else from an abstract one.
+        out_shape = (
+            outputs[0]
+            if outputs
+            else jax.eval_shape(
+                lambda x, s: masked_step(cell, x, s, 0, None, dtype)[0], xs[0], state
+            )
         )
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
         outputs.extend([zeros] * (len(xs) - n_run))

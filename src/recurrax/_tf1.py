@@ -197,8 +197,10 @@ def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, stri
         unused = [g for g in given if g not in matches.values()]
         raise ValueError(
             f"variables lacks {missing} (the cell's TF1 variables under scope "
-            f"{_default_scope(cell, scope)!r}); variables not matched: {unused}. Check the "
-            "scope and the cell types (BasicLSTMCell is basic_lstm_cell, LSTMCell lstm_cell)."
+            f"{_default_scope(cell, scope)!r})"
+            + (f"; variables not matched: {unused}" if unused else "")
+            + ". Check the scope and the cell types (BasicLSTMCell is basic_lstm_cell, "
+            "LSTMCell lstm_cell)."
         )
     extra = [g for g in given if g not in matches.values()]
     if strict and extra:

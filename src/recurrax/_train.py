@@ -270,9 +270,15 @@ def train(
     model, opt_state, run_key = _init(config, data.x_train.shape[-1], num_outputs, optimizer)
     settings = dataclasses.asdict(config)
     history = {"loss": [], "metric": [], "test_metric": []}
+    data_state = {"seed": config.seed, "num_examples": n_train}  # the order of every batch
     step = 0
     if resume:
         ckpt = load_checkpoint(save_dir, model=model, opt_state=opt_state, config=settings)
+        if ckpt.data_state != data_state:
+            raise ValueError(
+                f"the checkpoint in {save_dir} saw other data ({ckpt.data_state}, now "
+                f"{data_state}): the batch order would differ. Resume on the same data set."
+            )
         model, opt_state, step, run_key = ckpt.model, ckpt.opt_state, ckpt.step, ckpt.key
         history = ckpt.history
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
@@ -285,7 +291,7 @@ def train(
                 opt_state=opt_state,
                 step=at,
                 key=run_key,
-                data_state={"seed": config.seed, "num_examples": n_train},
+                data_state=data_state,
                 config=settings,
                 history=history,
             )

@@ -20,6 +20,10 @@ from ._dynamic import dynamic_rnn as dynamic_rnn
 from ._inspect import ProgramReport as ProgramReport
 from ._inspect import inspect_program as inspect_program
 from ._lengths import reverse_sequence as reverse_sequence
+from ._memory import CheckpointEvery as CheckpointEvery
+from ._memory import Recompute as Recompute
+from ._memory import Revolve as Revolve
+from ._memory import StoreAll as StoreAll
 from ._serialize import load_weights as load_weights
 from ._serialize import save_weights as save_weights
 from ._static import static_bidirectional_rnn as static_bidirectional_rnn

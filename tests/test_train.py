@@ -126,6 +126,7 @@ def test_data_parallel_matches_one_device():
     assert "batch_size=30 must be divisible by the 4 devices" in out["error"]
 
 
+@pytest.mark.slow
 def test_static_and_dynamic_modes_train_alike():
     runs = {
         mode: recurrax.train(
@@ -145,18 +146,20 @@ def test_static_and_dynamic_modes_train_alike():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_cli_sine_prints_mse_below_baseline_and_plots(tmp_path, capsys):
-    plot = tmp_path / "curves.png"
-    argv = ["train", "--task", "sine", "--epochs", "1", "--num-units", "32", "--progress", "plain"]
-    assert main([*argv, "--plot", str(plot), "--save", str(tmp_path / "ck")]) == 0
+def test_cli_sine_stops_resumes_beats_the_baseline_and_plots(tmp_path, capsys):
+    plot, ck = tmp_path / "curves.png", str(tmp_path / "ck")
+    argv = ["train", "--task", "sine", "--epochs", "1", "--num-units", "32", "--save", ck]
+    assert main([*argv, "--progress", "none", "--stop-after", "40"]) == 0
+    out = capsys.readouterr().out
+    assert f"stopped early at step 40 of 64: continue with --save {ck} --resume" in out
+    assert "test mse" not in out
+    assert main([*argv, "--progress", "plain", "--resume", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"epoch   1/1  step    64  loss \d\.\d{4}  train mse", out)
-    mse, baseline = map(
-        float, re.search(r"test mse: (\S+) \(last-value baseline: (\S+)\)", out).groups()
-    )
+    found = re.search(r"test mse: (\S+) \(last-value baseline: (\S+)\)", out)
+    mse, baseline = map(float, found.groups())
     assert mse < 0.5 * baseline
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert checkpoint_path(tmp_path / "ck").is_file()
 
 
 def test_cli_reports_errors(tmp_path, capsys):

@@ -21,7 +21,13 @@ import jax
 
 from ._serialize import fill_like, read_arrays, tree_arrays, write_arrays
 
-__all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_path"]
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_path",
+    "find_checkpoint",
+]
 
 FILENAME = "checkpoint.rcx"
 
@@ -48,6 +54,16 @@ class Checkpoint(NamedTuple):
 def checkpoint_path(directory) -> Path:
     """The checkpoint file inside ``directory``: ``<directory>/checkpoint.rcx``."""
     return Path(directory) / FILENAME
+
+
+def find_checkpoint(directory) -> Path:
+    """The checkpoint file in ``directory``; ``FileNotFoundError`` if there is none."""
+    path = checkpoint_path(directory)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: run once with this directory to save one first."
+        )
+    return path
 
 
 def save_checkpoint(
@@ -117,11 +133,7 @@ def load_checkpoint(directory, *, model, opt_state, config: dict | None = None) 
     Raises ``FileNotFoundError`` if there is no checkpoint, and ``ValueError`` if it is truncated,
     corrupted, or written for another configuration or model structure. Nothing is written.
     """
-    path = checkpoint_path(directory)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {path}: run once with this directory to save one first."
-        )
+    path = find_checkpoint(directory)
     arrays, meta = read_arrays(path, kind="checkpoint")
     if config is not None:
         diff = _config_diff(meta["config"], dict(config))

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._base import glorot_uniform
 from ._cells import BasicLSTMCell, BasicRNNCell, GRUCell
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from ._data import batch_indices, digits_dataset, last_value_mse, sine_dataset
 from ._dynamic import dynamic_rnn
 from ._progress import make_reporter
@@ -197,17 +197,19 @@ def _put(x, sharding):
 class TrainResult(NamedTuple):
     """What :func:`train` returns.
 
-    ``model`` (trained), ``opt_state``, ``history`` (per-step ``loss``/``metric`` lists and
-    per-epoch ``test_metric``), ``metric_name`` (``"accuracy"`` or ``"mse"``), ``test_metric``,
-    ``baseline`` (the last-value MSE for sine, else ``None``), ``step`` (steps taken in total),
-    ``total_steps``, ``seconds`` (wall time of this call).
+    - ``model`` (trained) and ``opt_state``;
+    - ``history``: ``loss`` and ``metric`` of every step, ``test_metric`` of every epoch;
+    - ``metric_name``: ``"accuracy"`` or ``"mse"``;
+    - ``test_metric``: of the final model, or ``None`` when the run stopped before its end;
+    - ``baseline``: the last-value MSE for sine, else ``None``;
+    - ``step`` (steps taken in all), ``total_steps``, ``seconds`` (wall time of this call).
     """
 
     model: Any
     opt_state: Any
     history: dict
     metric_name: str
-    test_metric: float
+    test_metric: float | None
     baseline: float | None
     step: int
     total_steps: int
@@ -249,6 +251,8 @@ def train(
     start = time.perf_counter()
     if resume and save_dir is None:
         raise ValueError("resume=True needs save_dir: the directory holding the checkpoint.")
+    if resume:
+        find_checkpoint(save_dir)  # fail before any data is loaded or anything compiled
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be a positive int or None; got {stop_after!r}.")
     devices = list(jax.devices() if devices is None else devices)
@@ -326,7 +330,8 @@ def train(
                     history["test_metric"].append(float(_evaluate(model, *test)))
                     reporter.epoch(step // per_epoch, config.epochs, history)
                 save(step)
-    test_metric = float(_evaluate(model, *test))
+    # A finished run ends on an epoch boundary, whose test metric was just measured.
+    test_metric = history["test_metric"][-1] if step == total_steps else None
     baseline = last_value_mse(data.x_test, data.y_test, data.len_test) if per_step else None
     return TrainResult(
         model,

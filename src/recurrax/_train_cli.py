@@ -87,12 +87,15 @@ def run_train(args: argparse.Namespace, echo=print) -> int:
         f"trained to step {result.step} of {result.total_steps} in {result.seconds:.1f} s "
         f"of wall time"
     )
-    if result.step < result.total_steps and args.save:
-        echo(f"stopped early: continue with --save {args.save} --resume")
     if args.plot:
         plot_history(result.history, args.plot, result.metric_name, result.baseline)
         echo(f"plot written to {args.plot}")
-    if result.baseline is not None:
+    if result.test_metric is None:
+        echo(
+            f"stopped early at step {result.step} of {result.total_steps}"
+            + (f": continue with --save {args.save} --resume" if args.save else "")
+        )
+    elif result.baseline is not None:
         echo(f"test mse: {result.test_metric:.5f} (last-value baseline: {result.baseline:.5f})")
     else:
         echo(f"test accuracy: {result.test_metric:.4f}")

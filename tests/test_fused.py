@@ -1,0 +1,228 @@
+"""The fused fast path of dynamic_rnn equals the generic path, in value and in gradient.
+
+Every supported cell (the built-in cells, ``LSTMCell`` with peepholes, clipping and a clipped
+projection, a ``MultiRNNCell`` of them) x {no lengths, mixed lengths with 0 and T} x
+``time_major``, in float64; traced lengths (early exit); forward mode and ``vmap``; and the
+dispatch: user cells, wrappers and subclasses keep the generic path.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import recurrax
+import recurrax._dynamic as dynamic_module
+from recurrax._fused import supports_fused
+from reference import (
+    assert_tree_close,
+    make_cell,
+    np_step,
+    randomize,
+    reference_rnn,
+    zeros_like_state,
+)
+
+FUSED_KINDS = ["basic_rnn", "gru", "basic_lstm", "lstm", "lstm_full", "multi"]
+GENERIC_KINDS = ["residual", "user", "dropout_keep1", "dropout"]
+B, T, F = 3, 5, 3
+MIXED = np.array([0, T, 2])  # a row of length 0, one of length T, one in between
+
+
+def cell_of(kind):
+    if kind == "lstm":  # LSTMCell without options: the same kernel as BasicLSTMCell
+        return randomize(
+            eqx.filter_eval_shape(
+                lambda: recurrax.LSTMCell(4, F, key=jax.random.key(0), dtype=jnp.float64)
+            ),
+            7,
+        )
+    return make_cell(kind, F)
+
+
+def inputs(seed=0, batch=B, time=T):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, time, F)))
+
+
+def loss_and_grads(cell, x, lengths, fused):
+    """Outputs, final state and the gradient of a loss reading both, w.r.t. weights and x."""
+
+    def loss(cx):
+        out, state = recurrax.dynamic_rnn(cx[0], cx[1], lengths, dtype=jnp.float64, fused=fused)
+        total = jnp.sum(jnp.sin(out)) + sum(jnp.sum(s**2) for s in jax.tree.leaves(state))
+        return total, (out, state)
+
+    (_, aux), grads = eqx.filter_value_and_grad(loss, has_aux=True)((cell, x))
+    return aux, grads
+
+
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+@pytest.mark.parametrize("lengths", [None, MIXED], ids=["no_lengths", "mixed_lengths"])
+@pytest.mark.parametrize("kind", FUSED_KINDS)
+def test_fused_equals_reference(kind, lengths, time_major):
+    """Values against the NumPy reference of the per-row contract (as test_dynamic does)."""
+    cell, x = cell_of(kind), inputs()
+    assert supports_fused(cell)
+    x_tm = np.swapaxes(np.asarray(x), 0, 1)
+    want = reference_rnn(np_step(cell), x_tm, zeros_like_state(cell.state_size, B), lengths)
+    out, state = recurrax.dynamic_rnn(
+        cell,
+        x_tm if time_major else x,
+        lengths,
+        dtype=jnp.float64,
+        time_major=time_major,
+        fused=True,
+    )
+    assert_tree_close((out if time_major else jnp.swapaxes(out, 0, 1), state), want, 1e-12, 1e-13)
+    assert jax.tree.structure(state) == jax.tree.structure(cell.zero_state(B, jnp.float64))
+
+
+@pytest.mark.parametrize("lengths", [None, MIXED], ids=["no_lengths", "mixed_lengths"])
+@pytest.mark.parametrize("kind", FUSED_KINDS)
+def test_fused_gradients_equal_generic(kind, lengths):
+    cell, x = cell_of(kind), inputs()
+    want, want_grads = loss_and_grads(cell, x, lengths, False)
+    got, grads = loss_and_grads(cell, x, lengths, True)
+    assert_tree_close(got, want, 1e-12, 1e-13)
+    assert_tree_close(grads, want_grads, 1e-11, 1e-12)
+    if lengths is not None:  # TF1's contract: nothing flows from past each row's length
+        np.testing.assert_array_equal(grads[1][0], 0)
+        np.testing.assert_array_equal(grads[1][2, 2:], 0)
+        assert np.abs(np.asarray(grads[1][1, T - 1])).max() > 0
+
+
+def test_traced_lengths_early_exit():
+    """Under jax.jit the trip count max(lengths) is traced: a while loop forward, skipped steps
+    backward. Lengths with T, without, and all zero; against the generic path, also traced."""
+    cell, x = cell_of("multi"), inputs(1)  # a GRU, then an LSTMCell with peepholes, projection
+    fused = eqx.filter_jit(lambda c, x, n: loss_and_grads(c, x, n, True))
+    generic = eqx.filter_jit(lambda c, x, n: loss_and_grads(c, x, n, False))
+    for lengths in (MIXED, np.array([1, 3, 2]), np.array([0, 0, 0])):
+        lengths = jnp.asarray(lengths)
+        assert_tree_close(fused(cell, x, lengths), generic(cell, x, lengths), 1e-11, 1e-12)
+
+
+def test_finite_differences_forward_and_reverse_mode():
+    """check_grads against finite differences, forward and reverse mode, with lengths."""
+    cell = cell_of("lstm_full")
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    rng = np.random.default_rng(3)
+    init = recurrax.LSTMStateTuple(
+        jnp.asarray(0.3 * rng.standard_normal((B, 4))),
+        jnp.asarray(0.3 * rng.standard_normal((B, 3))),
+    )
+
+    @jax.jit
+    def f(params, x, init):
+        out, state = recurrax.dynamic_rnn(eqx.combine(params, static), x, MIXED, init, fused=True)
+        return jnp.sum(out**2) + jnp.sum(state.c * state.h[:, :1])
+
+    check_grads(f, (params, inputs(2), init), order=1, modes=["fwd", "rev"], atol=1e-6)
+
+
+def test_jvp_and_vmap_equal_generic():
+    cell, x = cell_of("lstm_full"), inputs(4)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    tangent = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size).reshape(a.shape)), (params, x))
+
+    def jvp(fused):
+        run = lambda p, x: recurrax.dynamic_rnn(
+            eqx.combine(p, static), x, MIXED, dtype=jnp.float64, fused=fused
+        )
+        return jax.jvp(run, (params, x), tangent)
+
+    # Eagerly: under jax.jit the lengths would be traced and the generic path has no jvp then.
+    assert_tree_close(jvp(True), jvp(False), 1e-12, 1e-13)
+    # vmap over a leading axis with batched lengths: per-example gradients.
+    xs, lengths = jnp.stack([x, 2 * x]), jnp.array([[1, 5, 3], [4, 0, 5]])
+
+    def per_example(fused):
+        def one(x, n):
+            def loss(x):
+                out, _ = recurrax.dynamic_rnn(cell, x, n, dtype=jnp.float64, fused=fused)
+                return jnp.sum(jnp.sin(out))
+
+            return jax.value_and_grad(loss)(x)
+
+        return jax.jit(jax.vmap(one))(xs, lengths)
+
+    assert_tree_close(per_example(True), per_example(False), 1e-12, 1e-13)
+
+
+def test_dtypes_follow_the_generic_path():
+    """float32 weights with a float64 run, and a bfloat16 run: the same promotions and casts."""
+    cell = make_cell("basic_lstm", F, jnp.float32)
+    x = inputs(5)
+    for dtype, tol in ((jnp.float64, 1e-6), (jnp.bfloat16, 2e-2)):
+        got = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, fused=True)
+        want = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, fused=False)
+        assert jax.tree.map(lambda a: a.dtype, got) == jax.tree.map(lambda a: a.dtype, want)
+        assert all(a.dtype == dtype for a in jax.tree.leaves(got))
+        assert_tree_close(got, want, tol, tol)
+
+
+def test_unroll_and_batch_one_time_one():
+    cell = cell_of("gru")
+    for x, lengths in ((inputs(6), None), (inputs(6, 1, 1), np.array([1]))):
+        want = recurrax.dynamic_rnn(cell, x, lengths, fused=False)
+        for unroll in (1, 3):
+            got = recurrax.dynamic_rnn(cell, x, lengths, unroll=unroll, fused=True)
+            assert_tree_close(got, want, 1e-12, 1e-13)
+
+
+class MyGRU(recurrax.GRUCell):
+    """A subclass: it may override __call__, so it keeps the generic path."""
+
+
+@pytest.mark.parametrize("kind", GENERIC_KINDS + ["subclass", "multi_with_user"])
+def test_other_cells_take_the_generic_path(kind, monkeypatch):
+    if kind == "subclass":
+        cell = MyGRU(4, F, key=jax.random.key(0), dtype=jnp.float64)
+    elif kind == "multi_with_user":
+        cell = recurrax.MultiRNNCell([make_cell("gru", F), make_cell("user", 4)])
+    else:
+        cell = make_cell(kind, F if kind != "residual" else F)
+    assert not supports_fused(cell)
+    calls = []
+    monkeypatch.setattr(dynamic_module, "fused_dynamic_rnn", lambda *a: calls.append(a))
+    out, _ = recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64)
+    assert calls == [] and out.shape[:2] == (B, T)
+    with pytest.raises(ValueError, match=r"fused=True needs a BasicRNNCell, .*got "):
+        recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64, fused=True)
+
+
+def test_dispatch_follows_the_memory_strategy(monkeypatch):
+    cell, x = make_cell("basic_lstm", F), inputs(8)
+    calls = []
+    real = dynamic_module.fused_dynamic_rnn
+    monkeypatch.setattr(dynamic_module, "fused_dynamic_rnn", lambda *a: calls.append(1) or real(*a))
+    recurrax.dynamic_rnn(cell, x)
+    recurrax.dynamic_rnn(cell, x, memory=recurrax.StoreAll())
+    assert len(calls) == 2
+    recurrax.dynamic_rnn(cell, x, memory="recompute")
+    recurrax.dynamic_rnn(cell, x, fused=False)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match=r"fused=True stores every step's values: it needs"):
+        recurrax.dynamic_rnn(cell, x, memory="recompute", fused=True)
+    with pytest.raises(TypeError, match=r"fused must be None \(automatic\), True or False; got"):
+        recurrax.dynamic_rnn(cell, x, fused="yes")
+
+
+def test_backward_pass_has_cudnn_structure():
+    """One loop forward and one backward; the backward loop holds one matmul per step (dZ_t @
+    W_h^T) and the weight gradients are matmuls outside any loop."""
+    cell, x = make_cell("basic_lstm", F), inputs(9)
+    grad = jax.grad(lambda c: jnp.sum(recurrax.dynamic_rnn(c, x, fused=True)[0]))
+    jaxpr = jax.make_jaxpr(grad)(cell).jaxpr
+    loops = [e for e in jaxpr.eqns if e.primitive.name in ("scan", "while")]
+    assert len(loops) == 2
+
+    def dots(j):
+        return sum(e.primitive.name == "dot_general" for e in j.eqns)
+
+    assert [dots(e.params["jaxpr"].jaxpr) for e in loops] == [1, 1]
+    outside = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    shapes = {tuple(v.aval.shape) for e in outside for v in e.outvars}
+    assert {(16, F), (16, 4)} <= {tuple(sorted(s, reverse=True)) for s in shapes}  # dW_x, dW_h

@@ -324,23 +324,54 @@ CELL_KINDS = [
 DROPPING = {"dropout", "dropout_variational"}
 
 
+def _is_float_leaf(x) -> bool:
+    return isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) and jnp.issubdtype(
+        x.dtype, jnp.floating
+    )
+
+
 def randomize(cell, seed, scale=0.6):
     """Every floating weight of ``cell`` replaced by ``scale * normal`` (biases included, so a
-    test notices a bias that is ignored or misplaced). NumPy draws them: no compilation."""
+    test notices a bias that is ignored or misplaced). NumPy draws them: nothing is compiled.
+    ``cell`` may be abstract (``jax.ShapeDtypeStruct`` leaves, from ``eqx.filter_eval_shape``);
+    an abstract PRNG key becomes ``jax.random.key(seed)``."""
     rng = np.random.default_rng(seed)
-    params, static = eqx.partition(cell, eqx.is_inexact_array)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    new = [jnp.asarray(scale * rng.standard_normal(w.shape), w.dtype) for w in leaves]
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)
+
+    def draw(x):
+        if _is_float_leaf(x):
+            return jnp.asarray((scale * rng.standard_normal(x.shape)).astype(x.dtype))
+        if isinstance(x, jax.ShapeDtypeStruct):  # a PRNG key
+            return jax.random.key(seed)
+        return x
+
+    return jax.tree_util.tree_map(draw, cell)
+
+
+def random_cell(build, seed=0, scale=0.6):
+    """The cell ``build()`` returns, built abstractly (``eqx.filter_eval_shape``: nothing is
+    compiled) and given NumPy-drawn weights by :func:`randomize`."""
+    return randomize(eqx.filter_eval_shape(build), seed, scale)
+
+
+def cast_weights(cell, dtype):
+    """``cell`` with every floating weight cast to ``dtype`` (through NumPy: no compilation)."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(np.asarray(x).astype(dtype)) if _is_float_leaf(x) else x, cell
+    )
 
 
 @functools.cache
 def make_cell(kind: str, input_size: int, dtype=jnp.float64):
     """A cell of ``kind`` (see :data:`CELL_KINDS`) reading ``input_size`` features, with random
-    weights of ``dtype`` (the user cell keeps no dtype attribute: pass ``dtype`` to runners)."""
-    key = jax.random.key(zlib.crc32(f"{kind}/{input_size}".encode()))
-    k1, k2, k3 = jax.random.split(key, 3)
-    n = input_size
+    weights of ``dtype`` (the user cell keeps no dtype attribute: pass ``dtype`` to runners).
+
+    The cell is built abstractly and its weights drawn by NumPy: tests compile only what they
+    run (compilation, not running, is what makes a test suite like this one slow)."""
+    return random_cell(lambda: _build(kind, input_size, dtype), zlib.crc32(kind.encode()))
+
+
+def _build(kind, n, dtype):
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     if kind == "basic_rnn":
         cell = recurrax.BasicRNNCell(4, n, key=k1, dtype=dtype)
     elif kind == "gru":
@@ -383,7 +414,7 @@ def make_cell(kind: str, input_size: int, dtype=jnp.float64):
         )
     else:
         raise ValueError(kind)
-    return randomize(cell, zlib.crc32(kind.encode()))
+    return cell
 
 
 def reference_step(kind: str, cell):

@@ -14,12 +14,14 @@ from reference import (
     assert_tree_close,
     basic_lstm_step,
     basic_rnn_step,
+    cast_weights,
     gru_step,
     lstm_step,
     np_step,
-    randomize,
+    random_cell,
 )
 
+KEY = jax.random.key(0)
 LSTM_OPTIONS = [
     {},
     {"use_peepholes": True},
@@ -64,8 +66,8 @@ def _one_step(cell, rng, batch=3):
     ],
     ids=["basic_rnn", "basic_rnn_relu", "gru", "basic_lstm", "basic_lstm_fb0"],
 )
-def test_cell_matches_numpy_formula(build, getkey):
-    cell = randomize(build(getkey()), 1)
+def test_cell_matches_numpy_formula(build):
+    cell = random_cell(lambda: build(KEY), 1)
     x, state = _one_step(cell, np.random.default_rng(0))
     out, new_state = cell(x, state)
     want_out, want_state = np_step(cell)(0, np.asarray(x), _np_state(state))
@@ -77,9 +79,9 @@ def test_cell_matches_numpy_formula(build, getkey):
 
 
 @pytest.mark.parametrize("options", LSTM_OPTIONS, ids=lambda o: "-".join(o) or "plain")
-def test_lstm_cell_matches_numpy_formula(options, getkey):
-    cell = recurrax.LSTMCell(4, 3, key=getkey(), dtype=jnp.float64, **options)
-    cell = randomize(cell, 2, scale=0.9)
+def test_lstm_cell_matches_numpy_formula(options):
+    build = lambda: recurrax.LSTMCell(4, 3, key=KEY, dtype=jnp.float64, **options)
+    cell = random_cell(build, 2, scale=0.9)
     x, state = _one_step(cell, np.random.default_rng(0), batch=4)
     state = recurrax.LSTMStateTuple(2.0 * state.c, state.h)  # large c so clipping engages
     out, new_state = cell(x, state)
@@ -107,12 +109,11 @@ def test_lstm_cell_matches_numpy_formula(options, getkey):
         assert not np.allclose(no_peep, want_out, atol=1e-6)
 
 
-def test_forget_bias_is_added_at_run_time_not_stored(getkey):
-    k = getkey()
-    a = recurrax.BasicLSTMCell(4, 3, key=k, forget_bias=1.0, dtype=jnp.float64)
-    b = recurrax.BasicLSTMCell(4, 3, key=k, forget_bias=0.0, dtype=jnp.float64)
-    np.testing.assert_array_equal(a.bias, np.zeros(16))
+def test_forget_bias_is_added_at_run_time_not_stored():
+    build = lambda fb: recurrax.BasicLSTMCell(4, 3, key=KEY, forget_bias=fb, dtype=jnp.float64)
+    a, b = random_cell(lambda: build(1.0), 5), random_cell(lambda: build(0.0), 5)
     np.testing.assert_array_equal(a.kernel, b.kernel)
+    np.testing.assert_array_equal(a.bias, b.bias)
     x, state = _one_step(a, np.random.default_rng(0))
     # forget_bias=1 equals forget_bias=0 with +1 on the f block of the bias (gate order i,j,f,o).
     b_shifted = eqx.tree_at(lambda c: c.bias, b, b.bias.at[8:12].add(1.0))
@@ -127,7 +128,7 @@ def _weights(cell):
     return {
         name: tuple(getattr(cell, name).shape)
         for name in type(cell).__dataclass_fields__
-        if isinstance(getattr(cell, name), jax.Array)
+        if isinstance(getattr(cell, name), (jax.Array, jax.ShapeDtypeStruct))
     }
 
 
@@ -160,18 +161,18 @@ def _weights(cell):
     ],
     ids=["basic_rnn", "gru", "basic_lstm", "lstm", "lstm_peep_proj"],
 )
-def test_tf1_weight_names_and_shapes(build, expected, getkey):
-    cell = build(getkey())
+def test_tf1_weight_names_and_shapes(build, expected):
+    cell = eqx.filter_eval_shape(build, KEY)  # shapes and dtypes without computing
     assert _weights(cell) == expected
     assert all(getattr(cell, n).dtype == jnp.float32 for n in expected)
 
 
-def test_lstm_absent_weights_are_none(getkey):
-    cell = recurrax.LSTMCell(5, 3, key=getkey())
+def test_lstm_absent_weights_are_none():
+    cell = eqx.filter_eval_shape(lambda: recurrax.LSTMCell(5, 3, key=KEY))
     for name in ("w_f_diag", "w_i_diag", "w_o_diag", "projection_kernel"):
         assert getattr(cell, name) is None
     assert cell.state_size == recurrax.LSTMStateTuple(5, 5) and cell.output_size == 5
-    proj = recurrax.LSTMCell(5, 3, key=getkey(), num_proj=2)
+    proj = eqx.filter_eval_shape(lambda: recurrax.LSTMCell(5, 3, key=KEY, num_proj=2))
     assert proj.state_size == recurrax.LSTMStateTuple(5, 2) and proj.output_size == 2
 
 
@@ -198,6 +199,7 @@ def test_default_initialisers_are_tf1s(getkey):
     _assert_glorot(gru.candidate_kernel, n + u, u)
     np.testing.assert_array_equal(gru.gates_bias, np.ones(2 * u))  # TF1: constant 1.0
     np.testing.assert_array_equal(gru.candidate_bias, np.zeros(u))
+    assert not np.allclose(gru.gates_kernel[:, :u], gru.candidate_kernel)  # separate draws
 
     basic = recurrax.BasicLSTMCell(u, n, key=getkey())
     _assert_glorot(basic.kernel, n + u, 4 * u)
@@ -215,14 +217,9 @@ def test_default_initialisers_are_tf1s(getkey):
     assert not np.array_equal(lstm.w_f_diag, lstm.w_i_diag)
 
 
-def test_gru_kernels_are_drawn_independently(getkey):
-    gru = recurrax.GRUCell(4, 4, key=getkey())
-    assert not np.allclose(gru.gates_kernel[:, :4], gru.candidate_kernel)
-
-
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
-def test_cell_dtype_and_zero_state(dtype, getkey):
-    cell = recurrax.LSTMCell(4, 3, key=getkey(), num_proj=2, dtype=dtype)
+def test_cell_dtype_and_zero_state(dtype):
+    cell = random_cell(lambda: recurrax.LSTMCell(4, 3, key=KEY, num_proj=2, dtype=dtype))
     assert cell.dtype == jnp.dtype(dtype)
     assert all(w.dtype == jnp.dtype(dtype) for w in jax.tree_util.tree_leaves(cell))
     z = cell.zero_state(5, None)
@@ -238,7 +235,7 @@ def test_cell_dtype_and_zero_state(dtype, getkey):
 
 def test_tree_at_weight_swap_basic_rnn_literal():
     """One unit, one input: h' = tanh(0.5 * 1 + 0.25 * 0.2 + 0.1) = tanh(0.65)."""
-    cell = recurrax.BasicRNNCell(1, 1, key=jax.random.key(0), dtype=jnp.float64)
+    cell = random_cell(lambda: recurrax.BasicRNNCell(1, 1, key=KEY, dtype=jnp.float64))
     cell = eqx.tree_at(
         lambda c: (c.kernel, c.bias), cell, (jnp.array([[0.5], [0.25]]), jnp.array([0.1]))
     )
@@ -249,7 +246,7 @@ def test_tree_at_weight_swap_basic_rnn_literal():
 
 def test_tree_at_weight_swap_basic_lstm_literal():
     """One unit: with kernel rows [x; h] and columns i, j, f, o, every gate is a known number."""
-    cell = recurrax.BasicLSTMCell(1, 1, key=jax.random.key(0), dtype=jnp.float64)
+    cell = random_cell(lambda: recurrax.BasicLSTMCell(1, 1, key=KEY, dtype=jnp.float64))
     kernel = jnp.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]])
     bias = jnp.array([0.01, 0.02, 0.03, 0.04])
     cell = eqx.tree_at(lambda c: (c.kernel, c.bias), cell, (kernel, bias))
@@ -262,13 +259,13 @@ def test_tree_at_weight_swap_basic_lstm_literal():
     np.testing.assert_allclose([out[0, 0], state.c[0, 0], state.h[0, 0]], [new_h, new_c, new_h])
 
 
-def test_tree_at_weight_swap_gru_and_lstm_from_tf1_arrays(getkey):
+def test_tree_at_weight_swap_gru_and_lstm_from_tf1_arrays():
     """Arrays laid out as a TF1 checkpoint holds them reproduce the TF1 formulas."""
     rng = np.random.default_rng(0)
     n, u, p = 3, 4, 2
     gk, gb = rng.normal(size=(n + u, 2 * u)), rng.normal(size=2 * u)
     ck, cb = rng.normal(size=(n + u, u)), rng.normal(size=u)
-    gru = recurrax.GRUCell(u, n, key=getkey(), dtype=jnp.float64)
+    gru = random_cell(lambda: recurrax.GRUCell(u, n, key=KEY, dtype=jnp.float64))
     gru = eqx.tree_at(
         lambda c: (c.gates_kernel, c.gates_bias, c.candidate_kernel, c.candidate_bias),
         gru,
@@ -281,8 +278,10 @@ def test_tree_at_weight_swap_gru_and_lstm_from_tf1_arrays(getkey):
     k, b = rng.normal(size=(n + p, 4 * u)), rng.normal(size=4 * u)
     wf, wi, wo = rng.normal(size=(3, u))
     pk = rng.normal(size=(u, p))
-    lstm = recurrax.LSTMCell(
-        u, n, key=getkey(), use_peepholes=True, num_proj=p, cell_clip=1.0, dtype=jnp.float64
+    lstm = random_cell(
+        lambda: recurrax.LSTMCell(
+            u, n, key=KEY, use_peepholes=True, num_proj=p, cell_clip=1.0, dtype=jnp.float64
+        )
     )
     lstm = eqx.tree_at(
         lambda c: (c.kernel, c.bias, c.w_f_diag, c.w_i_diag, c.w_o_diag, c.projection_kernel),
@@ -298,10 +297,10 @@ def test_tree_at_weight_swap_gru_and_lstm_from_tf1_arrays(getkey):
     np.testing.assert_allclose(out, want, rtol=1e-12)
     np.testing.assert_allclose(state.c, want_c, rtol=1e-12)
 
-    rnn = recurrax.BasicRNNCell(u, n, key=getkey(), dtype=jnp.float64)
+    rnn = random_cell(lambda: recurrax.BasicRNNCell(u, n, key=KEY, dtype=jnp.float64))
     rnn = eqx.tree_at(lambda c: (c.kernel, c.bias), rnn, (jnp.asarray(ck), jnp.asarray(cb)))
     np.testing.assert_allclose(rnn(x, h)[0], basic_rnn_step(ck, cb, x, h)[0], rtol=1e-12)
-    blstm = recurrax.BasicLSTMCell(u, n, key=getkey(), dtype=jnp.float64)
+    blstm = random_cell(lambda: recurrax.BasicLSTMCell(u, n, key=KEY, dtype=jnp.float64))
     k4 = rng.normal(size=(n + u, 4 * u))
     blstm = eqx.tree_at(lambda c: (c.kernel, c.bias), blstm, (jnp.asarray(k4), jnp.asarray(b)))
     got = blstm(x, recurrax.LSTMStateTuple(jnp.asarray(c0), jnp.asarray(h)))[0]
@@ -322,8 +321,8 @@ CELLS = {
 
 
 @pytest.mark.parametrize("name", list(CELLS))
-def test_cell_under_jit_vmap_grad(name, getkey):
-    cell = randomize(CELLS[name](getkey()), 3)
+def test_cell_under_jit_vmap_grad(name):
+    cell = random_cell(lambda: CELLS[name](KEY), 3)
     x, state = _one_step(cell, np.random.default_rng(0))
     eager = cell(x, state)
     assert_tree_close(eqx.filter_jit(lambda c, x, s: c(x, s))(cell, x, state), eager, 1e-12, 1e-12)
@@ -347,10 +346,9 @@ def test_cell_under_jit_vmap_grad(name, getkey):
 
 
 @pytest.mark.parametrize("name", list(CELLS))
-def test_bfloat16_cell_close_to_float32(name, getkey):
-    c32 = randomize(CELLS[name](getkey()), 4, scale=0.5)
-    c32 = jax.tree_util.tree_map(lambda w: w.astype(jnp.float32) if eqx.is_array(w) else w, c32)
-    c16 = jax.tree_util.tree_map(lambda w: w.astype(jnp.bfloat16) if eqx.is_array(w) else w, c32)
+def test_bfloat16_cell_close_to_float32(name):
+    c32 = cast_weights(random_cell(lambda: CELLS[name](KEY), 4, scale=0.5), jnp.float32)
+    c16 = cast_weights(c32, jnp.bfloat16)
     assert c16.dtype == jnp.bfloat16
     x, state = _one_step(c32, np.random.default_rng(0))
     x32, s32 = x.astype(jnp.float32), jax.tree_util.tree_map(lambda s: s.astype(jnp.float32), state)

@@ -12,7 +12,10 @@ from reference import (
     CELL_KINDS,
     DROPPING,
     assert_tree_close,
+    cast_weights,
     make_cell,
+    np_step,
+    random_cell,
     reference_rnn,
     reference_step,
     zeros_like_state,
@@ -55,35 +58,30 @@ def test_static_equals_dynamic_equals_reference(kind, layout):
         reference_step(kind, cell), x_tm, zeros_like_state(cell.state_size, batch), lengths
     )
 
+    # Op by op, not jitted: the cases share most shapes, so most ops compile once for all of
+    # them, where one jitted program per case would compile more (jit: see further down).
     out, state = recurrax.dynamic_rnn(
-        cell,
-        x_tm if time_major else x,
-        sequence_length=lengths,
-        dtype=jnp.float64,
-        time_major=time_major,
+        cell, x_tm if time_major else x, lengths, dtype=jnp.float64, time_major=time_major
+    )
+    steps, s_state = recurrax.static_rnn(
+        cell, list(x_tm), dtype=jnp.float64, sequence_length=lengths
     )
     assert out.dtype == jnp.float64
     assert_tree_close(out if time_major else _time_major(out), want_out, 1e-10, 1e-12)
     assert_tree_close(state, want_state, 1e-10, 1e-12)
-
-    steps, s_state = recurrax.static_rnn(
-        cell, list(x_tm), dtype=jnp.float64, sequence_length=lengths
-    )
     assert isinstance(steps, list) and len(steps) == time
-    assert_tree_close(jnp.stack(steps), want_out, 1e-10, 1e-12)
+    assert_tree_close(np.stack(steps), want_out, 1e-10, 1e-12)
     assert_tree_close(s_state, want_state, 1e-10, 1e-12)
     # The two runners agree to rounding, state structure (namedtuples) included.
     assert jax.tree_util.tree_structure(s_state) == jax.tree_util.tree_structure(state)
-    assert_tree_close(
-        jnp.stack(steps, 1), out if not time_major else _time_major(out), 1e-12, 1e-12
-    )
+    assert_tree_close(np.stack(steps, 1 - time_major), out, 1e-12, 1e-12)
 
 
-@pytest.mark.parametrize("kind", ["multi", "dropout"])
+@pytest.mark.parametrize("kind", ["multi"])
 def test_gradients_of_static_and_dynamic_are_equal(kind):
     cell = make_cell(kind, 3)
-    x = jnp.asarray(_inputs(3, 4))
-    lengths = jnp.array([0, 4, 2])
+    x = jnp.asarray(_inputs(3, 3))
+    lengths = jnp.array([0, 3, 2])
 
     def loss_dynamic(cell, x):
         out, state = recurrax.dynamic_rnn(cell, x, lengths, dtype=jnp.float64)
@@ -103,7 +101,7 @@ def test_gradients_of_static_and_dynamic_are_equal(kind):
     assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(g_dyn))
     # Row 0 has length 0: its inputs never reach the loss; row 1 uses every step.
     np.testing.assert_array_equal(gx_dyn[0], 0)
-    assert np.abs(np.asarray(gx_dyn[1, 3])).min() > 0
+    assert np.abs(np.asarray(gx_dyn[1, -1])).max() > 0
     np.testing.assert_array_equal(gx_dyn[2, 2:], 0)
 
 
@@ -158,8 +156,8 @@ def _index(tree, v):
 
 def test_vmap_over_a_leading_axis():
     cell = make_cell("basic_lstm", 3)
-    xs = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 4, 3)))  # (V, B, T, I)
-    lengths = jnp.array([[1, 4, 0], [4, 2, 3]])
+    xs = np.random.default_rng(0).standard_normal((2, 3, 4, 3))  # (V, B, T, I)
+    lengths = np.array([[1, 4, 0], [4, 2, 3]])
 
     @jax.jit
     def batched(xs, lengths):
@@ -174,21 +172,21 @@ def test_vmap_over_a_leading_axis():
     (out, state), (steps, s_state) = batched(xs, lengths)
     assert_tree_close((jnp.stack(steps, 2), s_state), (out, state), 1e-12, 1e-12)
     for v in range(2):
-        one = recurrax.dynamic_rnn(cell, xs[v], lengths[v], dtype=jnp.float64)
-        assert_tree_close(_index((out, state), v), one, 1e-12, 1e-12)
+        want_out, want_state = reference_rnn(
+            np_step(cell), np.swapaxes(xs[v], 0, 1), zeros_like_state((4, 4), 3), lengths[v]
+        )
+        assert_tree_close(_index((out, state), v), (_time_major(want_out), want_state))
     # vmap over the cell's weights: a stack of two cells, each run on the same inputs.
-    cells = eqx.filter_vmap(lambda k: recurrax.BasicLSTMCell(4, 3, key=k, dtype=jnp.float64))(
-        jax.random.split(jax.random.key(0), 2)
-    )
+    build = lambda k: recurrax.BasicLSTMCell(4, 3, key=k, dtype=jnp.float64)
+    keys = jax.random.split(jax.random.key(0), 2)
+    cells = random_cell(lambda: eqx.filter_vmap(build)(keys))  # weights [2, ...]
     outs = eqx.filter_jit(
         eqx.filter_vmap(lambda c: recurrax.dynamic_rnn(c, xs[0], dtype=jnp.float64)[0])
     )(cells)
     for v in range(2):
-        np.testing.assert_allclose(
-            outs[v],
-            recurrax.dynamic_rnn(_index(cells, v), xs[0], dtype=jnp.float64)[0],
-            rtol=1e-12,
-        )
+        one = np_step(_index(cells, v))
+        want_out, _ = reference_rnn(one, np.swapaxes(xs[0], 0, 1), zeros_like_state((4, 4), 3))
+        np.testing.assert_allclose(outs[v], _time_major(want_out), rtol=1e-10, atol=1e-12)
     assert not np.allclose(outs[0], outs[1])
 
 
@@ -223,36 +221,36 @@ def test_initial_state_is_used_and_tuple_accepted(kind):
 
 
 def test_dtype_resolution():
+    """No dtype: the initial_state's, else the cell's; an explicit dtype wins over both."""
     cell = make_cell("basic_lstm", 3, jnp.float32)
-    x = _inputs(2, 3)
-    # No initial_state, no dtype: the cell's own dtype.
-    out, state = recurrax.dynamic_rnn(cell, x)
-    assert out.dtype == state.c.dtype == jnp.float32
-    # The dtype of initial_state when no dtype is given.
-    init64 = cell.zero_state(2, jnp.float64)
-    out, state = recurrax.dynamic_rnn(cell, x, initial_state=init64)
-    assert out.dtype == state.h.dtype == jnp.float64
-    # An explicit dtype wins over both.
-    for run in (
-        lambda: recurrax.dynamic_rnn(cell, x, initial_state=init64, dtype=jnp.bfloat16),
-        lambda: recurrax.static_rnn(cell, list(np.swapaxes(x, 0, 1)), init64, dtype=jnp.bfloat16),
-    ):
-        out, state = run()
-        assert all(y.dtype == jnp.bfloat16 for y in jax.tree_util.tree_leaves((out, state)))
-    # Integer inputs (the article's X_batch) are cast to dtype.
-    out, _ = recurrax.dynamic_rnn(cell, np.arange(18).reshape(2, 3, 3) % 5, dtype=jnp.float64)
-    ref, _ = recurrax.dynamic_rnn(
-        cell, (np.arange(18).reshape(2, 3, 3) % 5).astype(float), dtype=jnp.float64
+    x = np.arange(18).reshape(2, 3, 3) % 5  # integer inputs (the article's): cast to dtype
+    steps = list(np.swapaxes(x, 0, 1))
+    want = reference_rnn(
+        np_step(cell), np.swapaxes(x, 0, 1).astype(float), zeros_like_state(cell.state_size, 2)
     )
-    np.testing.assert_array_equal(out, ref)
+    want = (_time_major(want[0]), want[1])
+    out, state = recurrax.dynamic_rnn(cell, x)  # the cell's float32
+    assert out.dtype == state.c.dtype == jnp.float32
+    assert_tree_close((out, state), want, 1e-5, 1e-6)
+    # The initial_state's float64: computed in float64 (the float32 weights are exact in it).
+    outs, state = recurrax.static_rnn(cell, steps, cell.zero_state(2, jnp.float64))
+    assert outs[0].dtype == state.h.dtype == jnp.float64
+    assert_tree_close((jnp.stack(outs, 1), state), want, 1e-12, 1e-12)
+    # dtype wins over a float32 initial_state and the float32 cell.
+    outs, state = recurrax.static_rnn(cell, steps, cell.zero_state(2, None), jnp.float64)
+    assert outs[0].dtype == state.c.dtype == jnp.float64
+    assert_tree_close((jnp.stack(outs, 1), state), want, 1e-12, 1e-12)
+    out, state = recurrax.dynamic_rnn(
+        cell, x, initial_state=cell.zero_state(2, jnp.float64), dtype=jnp.bfloat16
+    )
+    assert all(y.dtype == jnp.bfloat16 for y in jax.tree_util.tree_leaves((out, state)))
+    assert_tree_close((out, state), want, 5e-2, 5e-2)
 
 
-@pytest.mark.parametrize("kind", ["basic_lstm", "lstm_full", "multi", "user"])
+@pytest.mark.parametrize("kind", ["multi", "user"])
 def test_bfloat16_close_to_float32(kind):
     cell32 = make_cell(kind, 3, jnp.float32)
-    cell16 = jax.tree_util.tree_map(
-        lambda w: w.astype(jnp.bfloat16) if eqx.is_inexact_array(w) else w, cell32
-    )
+    cell16 = cast_weights(cell32, jnp.bfloat16)
     x = _inputs(3, 4) * 0.5
     lengths = np.array([0, 4, 2])
     out32, st32 = recurrax.dynamic_rnn(cell32, x, lengths, dtype=jnp.float32)

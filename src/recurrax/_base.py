@@ -77,10 +77,10 @@ def check_num_units(num_units, name: str = "num_units") -> int:
     return int(num_units)
 
 
-def check_key(key, name: str = "key"):
+def check_key(key, name: str = "key", purpose: str = "to initialise weights"):
     if key is None:
         raise TypeError(
-            f"{name} is required: pass a PRNG key such as jax.random.key(0) to initialise weights."
+            f"{name} is required: pass a PRNG key such as jax.random.key(0) {purpose}; got None."
         )
     return key
 

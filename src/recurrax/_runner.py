@@ -86,7 +86,8 @@ def resolve_initial_state(cell, initial_state, dtype, batch_size: int, name="ini
         raise ValueError(
             f"{name} must match the cell's state_size {size_to_str(cell.state_size)} in "
             f"structure; got {jax.tree_util.tree_structure(initial_state)} with "
-            f"{len(leaves)} arrays."
+            f"{len(leaves)} arrays. Build it with cell.zero_state(batch_size, dtype) "
+            "(a plain tuple may stand for an LSTMStateTuple)."
         )
     for k, (x, shape) in enumerate(zip(leaves, exp_shapes)):
         if tuple(jnp.shape(x)) != shape:

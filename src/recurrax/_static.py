@@ -143,11 +143,20 @@ def static_bidirectional_rnn(
     del scope
     check_cell(cell_fw, "cell_fw")
     check_cell(cell_bw, "cell_bw")
-    xs, batch, _ = _check_step_inputs(inputs)
+    xs, batch, features = _check_step_inputs(inputs)
     sequence_length = check_sequence_length(sequence_length, batch, len(xs))
-    out_fw, state_fw = static_rnn(cell_fw, xs, initial_state_fw, dtype, sequence_length)
+    # Checked here so that a message names the direction at fault.
+    check_feature_size(cell_fw, features, "inputs", "cell_fw")
+    check_feature_size(cell_bw, features, "inputs", "cell_bw")
+    init_fw, dtype_fw = resolve_initial_state(
+        cell_fw, initial_state_fw, dtype, batch, "initial_state_fw"
+    )
+    init_bw, dtype_bw = resolve_initial_state(
+        cell_bw, initial_state_bw, dtype, batch, "initial_state_bw"
+    )
+    out_fw, state_fw = static_rnn(cell_fw, xs, init_fw, dtype_fw, sequence_length)
     reversed_xs = list(reverse_sequence(jnp.stack(xs), sequence_length))
-    out_bw, state_bw = static_rnn(cell_bw, reversed_xs, initial_state_bw, dtype, sequence_length)
+    out_bw, state_bw = static_rnn(cell_bw, reversed_xs, init_bw, dtype_bw, sequence_length)
     out_bw = list(reverse_sequence(jnp.stack(out_bw), sequence_length))
     outputs = [jnp.concatenate([f, b], -1) for f, b in zip(out_fw, out_bw)]
     return outputs, state_fw, state_bw

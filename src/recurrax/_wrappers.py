@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._base import LSTMStateTuple, check_key, size_to_str
 
@@ -103,10 +105,16 @@ class MultiRNNCell(eqx.Module):
 
 
 def _check_keep_prob(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"{name} must be a float in (0, 1]; got {type(p).__name__}.")
+    # A Python or NumPy number; not an array, since it is static configuration.
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(
+            f"{name} must be a float in (0, 1] (static, not an array); got {type(p).__name__}."
+        )
     if not 0.0 < float(p) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1]; got {p}.")
+        raise ValueError(
+            f"{name} must be in (0, 1], the probability of keeping a unit; got {p}. "
+            "Use 1.0 for no dropout."
+        )
     return float(p)
 
 
@@ -160,7 +168,11 @@ class DropoutWrapper(eqx.Module):
         self.state_keep_prob = _check_keep_prob("state_keep_prob", state_keep_prob)
         self.variational_recurrent = bool(variational_recurrent)
         active = min(self.input_keep_prob, self.output_keep_prob, self.state_keep_prob) < 1.0
-        self.key = check_key(key) if active else key
+        self.key = (
+            check_key(key, purpose="to draw the dropout masks (a keep probability is < 1)")
+            if active
+            else key
+        )
         self.step = None
 
     input_size = property(lambda self: getattr(self.cell, "input_size", None))

@@ -144,6 +144,9 @@ def _reverse_step(c, t, grads, ct_xs_wanted):
     return ds, _add(ct_p, dp), (set_time(ct_xs, dx, t) if ct_xs_wanted else ct_xs)
 
 
+# StoreAll: every step's residuals in [T, ...] buffers (the loop-invariant ones once).
+
+
 def _store_forward(L: Loop, p, fixed, s, ys):
     R = StepResiduals(L.g, p, fixed, s, at_time(L.xs, 0))
     bufs = time_buffer(R.stored, L.time, L.swap)
@@ -169,6 +172,9 @@ def _store_backward(L: Loop, p, fixed, s0, saved, carry, ct_y, want_dx):
     return fori(0, L.n, body, carry, L.unroll, reverse=True)
 
 
+# Recompute: the state before every step; the backward pass re-runs each step under jax.vjp.
+
+
 def _recompute_forward(L: Loop, p, fixed, s, ys):
     states = time_buffer(shapes_of(s), L.time, L.swap)
 
@@ -188,6 +194,10 @@ def _recompute_backward(L: Loop, p, fixed, s0, states, carry, ct_y, want_dx):
         return _reverse_step(c, t, L.vjp(p, fixed, s, t, (c[0], ct_y(t))), want_dx)
 
     return fori(0, L.n, body, carry, L.unroll, reverse=True)
+
+
+# CheckpointEvery(k): the state at t = 0, k, 2k, ...; the backward pass re-runs one segment at
+# a time, storing its residuals (k steps' worth, on device), and reverses it.
 
 
 def _segments_forward(L: Loop, p, fixed, s, ys, every: int):
@@ -227,6 +237,13 @@ def _segments_backward(L: Loop, p, fixed, s0, ckpts, carry, ct_y, want_dx, every
         return fori(lo, hi, back, c, L.unroll, reverse=True)
 
     return fori(0, (L.n + every - 1) // every, segment, carry, reverse=True)
+
+
+# Revolve(c): a stack of c slots (slot 0: the initial state). The backward pass repeats, until
+# every step is reversed: from the top slot's state at `lo`, with `hi` the first step not yet
+# reversed, either advance to the binomial split point and push its state (a free slot and two
+# or more steps left), or advance to `hi - 1` and reverse that step, popping the slot once its
+# own step is reversed. The forward pass takes the first descent's checkpoints itself.
 
 
 def _revolve_forward(L: Loop, p, fixed, s, ys, checkpoints: int):
@@ -273,7 +290,7 @@ def _revolve_backward(L: Loop, p, fixed, s0, saved, carry, ct_y, want_dx, checkp
         s, _ = L.run(p, fixed, _to_device(at_time(slots, top), L.swap), lo, target)
 
         def take(_):
-            kept = set_time(slots, _to_host(s) if L.swap else s, top + 1)
+            kept = _keep(slots, s, top + 1, L.swap)
             return hi, top + 1, kept, idx.at[top + 1].set(target), rev
 
         def reverse(_):
@@ -288,6 +305,12 @@ def _revolve_backward(L: Loop, p, fixed, s0, saved, carry, ct_y, want_dx, checkp
 
 
 def strategy_fns(strategy):
+    """``(forward, backward)`` loops of a strategy object (see ``_memory.py``).
+
+    ``forward(L, p, fixed, s0, ys) -> (final_state, ys, saved)``;
+    ``backward(L, p, fixed, s0, saved, (ct_final, zeros_p, ct_xs), ct_y, want_dx)
+    -> (ct_s0, ct_p, ct_xs)`` where ``ct_y(t)`` is the cotangent of step ``t``'s output.
+    """
     if isinstance(strategy, StoreAll):
         return _store_forward, _store_backward
     if isinstance(strategy, Recompute):

@@ -54,9 +54,10 @@ def _positive_int(value, name: str, what: str) -> int:
 class StoreAll:
     """Keep every step's intermediate values: the fastest backward pass, ``O(T)`` memory.
 
-    Without traced lengths this is XLA's ordinary ``lax.scan`` autodiff; with traced lengths
-    (early exit) the engine stores each step's residuals itself, moving loop-invariant ones
-    (the weights) out of the loop as XLA does.
+    With a static trip count (no lengths, or concrete ones) and no ``swap_memory`` this is
+    XLA's ordinary ``lax.scan`` autodiff (built-in cells take the fused fast path instead);
+    otherwise (traced lengths, swapping) the engine stores each step's residuals itself, moving
+    the loop-invariant ones (the weights) out of the loop as XLA does.
     """
 
 
@@ -64,7 +65,7 @@ class StoreAll:
 class Recompute:
     """Keep only the carried state before each step; recompute each step's internals.
 
-    Memory ``T`` states instead of ``T`` steps' intermediates (for an LSTM, about 1/8);
+    Memory ``T`` states instead of ``T`` steps' intermediates (for a BasicLSTMCell, about 1/6);
     one extra forward step per step.
     """
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
+from ._fused import fused_dynamic_rnn, use_fused
 from ._lengths import check_sequence_length, reverse_sequence
-from ._loop import run_loop
+from ._loop import run_loop, trip_count
 from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
 
 __all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]
@@ -59,6 +59,11 @@ def dynamic_rnn(
     swap_memory: bool = False,
     time_major: bool = False,
     scope=None,
+    *,
+    unroll: int = 1,
+    memory="store",
+    memory_budget: int | None = None,
+    fused: bool | None = None,
 ):
     r"""Run ``cell`` over ``inputs`` in one compiled loop (TF1's ``tf.nn.dynamic_rnn``).
 
@@ -79,8 +84,11 @@ def dynamic_rnn(
             state = where(valid, new, state)
         return stack(outputs), state
 
-    The program holds one copy of the cell inside one loop, so its size and compile time do not
-    depend on ``T``.
+    The program holds one copy of the cell inside one loop (``unroll`` copies when unrolled), so
+    its size and compile time do not depend on ``T``. Like TF1, the loop runs only
+    ``max(sequence_length)`` steps, in the forward and in the backward pass, even when that
+    number is only known at run time (traced lengths under ``jax.jit``): a batch padded to a long
+    ``T`` costs what its longest row costs.
 
     **Arguments:**
 
@@ -95,9 +103,31 @@ def dynamic_rnn(
       cell declares one. An explicit ``dtype`` wins.
     - ``parallel_iterations``: accepted for TF1 compatibility (a positive int or ``None``); XLA
       schedules the loop itself, so it changes nothing.
-    - ``swap_memory``: accepted for TF1 compatibility; see the memory strategies in the README.
+    - ``swap_memory``: ``bool``. Keep what the backward pass saves (the ``memory`` strategy's
+      stored values or states) in host memory (JAX's ``pinned_host`` memory kind) rather than in
+      device memory, as TF1 swaps to the CPU. Same results.
     - ``time_major``: layout of ``inputs`` and ``outputs``.
     - ``scope``: accepted for TF1 compatibility; names nothing.
+    - ``unroll``: keyword-only positive int, the steps run per iteration of the compiled loops
+      (fewer loop iterations, a larger program). Same results.
+    - ``memory``: keyword-only, what the backward pass keeps from the forward pass:
+      ``"store"`` (default, :class:`~recurrax.StoreAll`: every step's intermediate values),
+      ``"recompute"`` (:class:`~recurrax.Recompute`: the state before each step; each step's
+      internals are recomputed), :class:`~recurrax.CheckpointEvery` ``(k)`` (every ``k``-th
+      state; each segment of ``k`` steps is recomputed once) or :class:`~recurrax.Revolve`
+      ``(c)`` (``c`` states placed binomially, Griewank & Walther 2000). Gradients are the same.
+    - ``memory_budget``: keyword-only, ``None`` or a positive int of bytes: pick the fastest of
+      these strategies whose compiled gradient step needs at most that much temp memory (the
+      loop's VJP compiled on its own; see the README). Exclusive with ``memory``; raises
+      ``ValueError`` naming the least budget that works when none fits.
+    - ``fused``: keyword-only; ``None`` (default) takes the fused fast path (input projection
+      as one matmul, cuDNN-style backward; see ``_fused.py`` and the README's "Speed") for the
+      built-in cells and ``MultiRNNCell`` stacks of them with the default memory strategy;
+      ``True`` requires it, ``False`` takes the generic path. Same results.
+
+    Without traced lengths, the default strategy and ``swap_memory=False`` the loop is a plain
+    ``lax.scan`` and supports every JAX transformation; otherwise it carries a custom VJP
+    (reverse mode: ``jax.grad``, ``jax.vjp``; not ``jax.jvp``), as TF1's while loop does.
 
     **Returns:** ``(outputs, final_state)``: ``outputs`` is ``[batch, time, output_size]`` (or
     time-major), zero past each row's length; ``final_state`` matches ``cell.state_size``.
@@ -106,6 +136,10 @@ def dynamic_rnn(
 
     >>> cell = recurrax.BasicLSTMCell(64, 32, key=jax.random.key(0))
     >>> outputs, (c, h) = recurrax.dynamic_rnn(cell, x, sequence_length=lengths, dtype=jnp.float32)
+    >>> def loss(cell):  # backprop keeps every 32nd state, recomputes the rest
+    ...     _, (c, h) = recurrax.dynamic_rnn(cell, x, memory=recurrax.CheckpointEvery(32))
+    ...     return h.sum()
+    >>> grads = jax.grad(loss)(cell)
     """
     del scope
     check_cell(cell)
@@ -116,17 +150,26 @@ def dynamic_rnn(
     check_feature_size(cell, features, "inputs")
     sequence_length = check_sequence_length(sequence_length, batch, time)
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
-    xs = inputs.astype(dtype)
-    if not time_major:
-        xs = jnp.swapaxes(xs, 0, 1)  # (T, B, I)
+    if use_fused(cell, fused, memory=memory, swap_memory=swap_memory, memory_budget=memory_budget):
+        xs = inputs.astype(dtype) if time_major else jnp.swapaxes(inputs.astype(dtype), 0, 1)
+        outputs, final_state = fused_dynamic_rnn(cell, xs, state, dtype, sequence_length, unroll)
+        return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
 
     def step(state, x_t, t):
         out, new_state = masked_step(cell, x_t, state, t, sequence_length, dtype)
         return new_state, out
 
-    final_state, outputs = run_loop(step, state, xs)
-    if not time_major:
-        outputs = jax.tree_util.tree_map(lambda y: jnp.swapaxes(y, 0, 1), outputs)
+    final_state, outputs = run_loop(
+        step,
+        state,
+        inputs.astype(dtype),
+        length=trip_count(sequence_length, time),
+        unroll=unroll,
+        memory=memory,
+        swap_memory=swap_memory,
+        memory_budget=memory_budget,
+        time_major=time_major,
+    )
     return outputs, final_state
 
 
@@ -142,11 +185,20 @@ def bidirectional_dynamic_rnn(
     swap_memory: bool = False,
     time_major: bool = False,
     scope=None,
+    *,
+    unroll: int = 1,
+    memory="store",
+    memory_budget: int | None = None,
+    fused: bool | None = None,
 ):
     """Forward and backward :func:`dynamic_rnn` over the same inputs (TF1's version).
 
     The backward cell reads each row reversed within its own length (``reverse_sequence``);
     its outputs are reversed back so that step ``t`` of both directions lines up.
+
+    **Arguments:** as :func:`dynamic_rnn`, with a cell and an optional initial state per
+    direction; ``unroll``, ``memory``, ``memory_budget``, ``swap_memory`` and ``fused`` apply
+    to both directions' loops, each of which runs ``max(sequence_length)`` steps.
 
     **Returns:** ``((output_fw, output_bw), (state_fw, state_bw))``; the outputs are not
     concatenated (``jnp.concatenate(outputs, -1)`` does that).
@@ -163,6 +215,10 @@ def bidirectional_dynamic_rnn(
         parallel_iterations=parallel_iterations,
         swap_memory=swap_memory,
         time_major=time_major,
+        unroll=unroll,
+        memory=memory,
+        memory_budget=memory_budget,
+        fused=fused,
     )
     out_fw, state_fw = dynamic_rnn(cell_fw, inputs, initial_state=initial_state_fw, **common)
     reversed_inputs = reverse_sequence(inputs, sequence_length, t_axis, b_axis)

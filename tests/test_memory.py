@@ -4,8 +4,10 @@ Revolve schedule is optimal, the budget planner keeps its promise, and bad input
 Gradients are compared, in float64, with a plain ``lax.scan`` over all ``T`` steps (XLA's own
 autodiff) for every strategy x {no lengths, mixed lengths with 0 and T} x {BasicLSTMCell,
 MultiRNNCell, a user-written cell} x {dynamic_rnn, bidirectional_dynamic_rnn}, under jax.jit
-with traced lengths. Each strategy's cell calls are counted to check that its backward pass
-runs only ``max(sequence_length)`` steps, with the recomputation its schedule predicts.
+with traced lengths (dynamic_rnn without lengths as the forward direction of the bidirectional
+run without lengths, whose two cells differ). Each strategy's cell calls are counted to check
+that its backward pass runs only ``max(sequence_length)`` steps, with the recomputation its
+schedule predicts.
 """
 
 import functools
@@ -81,7 +83,9 @@ def run_one(config, cells, x, s0, lengths, memory, swap=False):
     return probe_loss(*run, seed=4)
 
 
-CONFIGS = ["dynamic-none", "dynamic-mixed", "bidirectional-none", "bidirectional-mixed"]
+# dynamic_rnn without lengths is the forward direction of "bidirectional-none": with distinct
+# forward and backward cells, the forward cell's gradient checks it on its own.
+CONFIGS = ["dynamic-mixed", "bidirectional-none", "bidirectional-mixed"]
 
 
 def grads_of(memory, swap=False, configs=tuple(CONFIGS)):
@@ -114,7 +118,7 @@ def test_gradients_equal_lax_scan(memory, kind):
     for g, want in zip(got, reference_grads(kind)):
         assert_tree_close(g, want, 1e-10, 1e-12)
     # Not vacuous: every weight of both directions gets a gradient.
-    assert all(np.abs(w).max() > 0 for w in jax.tree_util.tree_leaves(got[3][0]))
+    assert all(np.abs(w).max() > 0 for w in jax.tree_util.tree_leaves(got[-1][0]))
 
 
 @pytest.mark.parametrize("memory", [*STRATEGIES[1:], recurrax.Revolve(1)], ids=str)
@@ -122,7 +126,7 @@ def test_swap_memory_same_gradients_saved_values_on_host(memory):
     """swap_memory keeps what the strategy saves in pinned host memory; gradients unchanged."""
     configs = ("bidirectional-mixed",)
     got = grads_of(memory, True, configs)(args_for("basic_lstm"), jnp.array(PATTERNS["mixed"]))
-    assert_tree_close(got[0], reference_grads("basic_lstm")[3], 1e-10, 1e-12)
+    assert_tree_close(got[0], reference_grads("basic_lstm")[-1], 1e-10, 1e-12)
     cell, x = make("basic_lstm"), jnp.asarray(inputs()).swapaxes(0, 1)
 
     def program(swap):
@@ -273,7 +277,7 @@ def test_memory_budget_is_kept():
         vjp = lambda c, x, n, cts: jax.vjp(lambda c, x: run(c, x, n), c, x)[1](cts)
         step = jax.grad(lambda c, x, n: run(c, x, n)[1].h.sum())
         return [
-            jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes
+            jax.jit(f).lower(*args).compile(FAST).memory_analysis().temp_size_in_bytes
             for f, args in ((vjp, (cell, x, lengths, cts)), (step, (cell, x, lengths)))
         ]
 

@@ -290,6 +290,8 @@ def run_loop(
 
 _PLANS: dict = {}  # (program, shapes, options, budget) -> strategy
 _MEASURED: dict = {}  # (program, shapes, options, strategy) -> temp bytes
+_CACHE_SIZE = 256  # entries of each; both are emptied when one is full
+_QUICK = {"xla_backend_optimization_level": 0}
 
 
 def _plan(step, state, xs, n, unroll, swap, budget, time_major):
@@ -316,6 +318,9 @@ def _plan(step, state, xs, n, unroll, swap, budget, time_major):
     cts = (out_shapes[0], _time_first(out_shapes[1], time_major))
     args = shapes_of((dc, nc, state, xs, n if traced_n else 0, cts))
     program = (conv.key, str(args), None if traced_n else n, unroll, swap, time_major)
+    if max(len(_PLANS), len(_MEASURED)) >= _CACHE_SIZE:
+        _PLANS.clear()
+        _MEASURED.clear()
     if (*program, budget) not in _PLANS:
 
         def measure(strategy) -> int:
@@ -336,7 +341,9 @@ def _plan(step, state, xs, n, unroll, swap, budget, time_major):
                 outs, pull = jax.vjp(loop, dc, state, xs)
                 return outs, pull(cts)
 
-            compiled = jax.jit(vjp).lower(*args).compile()
+            # Buffers are assigned on the optimised HLO, before code generation: skipping the
+            # backend's optimisations compiles faster and reports the same temp bytes.
+            compiled = jax.jit(vjp).lower(*args).compile(_QUICK)
             return int(compiled.memory_analysis().temp_size_in_bytes)
 
         def g(p, fixed, s, x, t):

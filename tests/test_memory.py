@@ -13,6 +13,7 @@ schedule predicts.
 import functools
 import re
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,6 +184,29 @@ def test_cell_calls_per_strategy(memory, extra):
         assert counter.take() == n + extra(n), lengths
         assert_tree_close(got, grad(cell, jnp.array(lengths), False), 1e-10, 1e-12)
         counter.take()
+
+
+def test_recomputed_steps_draw_the_same_dropout_masks():
+    """A DropoutWrapper draws its masks from (key, t): recomputed steps must reuse them."""
+    cell = recurrax.DropoutWrapper(make("basic_lstm"), 0.7, 0.8, 0.6, key=jax.random.key(3))
+    params, rest = eqx.partition(cell, eqx.is_inexact_array)  # the key is no weight
+    x = jnp.asarray(inputs()).swapaxes(0, 1)
+    lengths = jnp.array(PATTERNS["mixed"])
+
+    def loss(params, x, memory):
+        c = eqx.combine(params, rest)
+        if memory is None:
+            return probe_loss(*scan_rnn(c, x, c.zero_state(B, x.dtype), lengths))
+        return probe_loss(*recurrax.dynamic_rnn(c, x, lengths, time_major=True, memory=memory))
+
+    @functools.partial(jax.jit, compiler_options=FAST)
+    def grads(params, x):
+        memories = [None, recurrax.Recompute(), recurrax.CheckpointEvery(2), recurrax.Revolve(2)]
+        return [jax.grad(loss, (0, 1))(params, x, m) for m in memories]
+
+    want, *got = grads(params, x)
+    for g in got:
+        assert_tree_close(g, want, 1e-10, 1e-12)
 
 
 @functools.cache

@@ -5,14 +5,16 @@ the whole kernel, and reverse-mode autodiff of the loop adds every step's weight
 ``concat([x_t, h])^T dZ_t`` inside the backward loop. For ``BasicRNNCell``, ``GRUCell``,
 ``BasicLSTMCell``, ``LSTMCell`` and ``MultiRNNCell`` stacks of them, this path instead
 
-1. splits each kernel into its input rows ``W_x`` and recurrent rows ``W_h`` and computes
-   ``XW = X @ W_x + b`` for all steps as one ``[T*B, I] x [I, G]`` matmul before the loop;
+1. splits each kernel into its input rows ``W_x`` and recurrent rows ``W_h``; computes
+   ``XW = X @ W_x + b`` for all steps as one ``[T*B, I] x [I, G]`` matmul before the loop
+   (:data:`INPUT_PROJECTION`; on CPU the step projects its own input instead, measured faster);
 2. runs the recurrence ``z_t = XW_t + h @ W_h`` in one loop, saving per step the local
    derivatives of the gates (cuDNN's "reserve space");
 3. differentiates through a ``jax.custom_jvp`` whose tangent is a loop *linear* in its inputs;
    JAX transposes it into the backward pass: one reverse loop computing each step's gate
    gradients ``dZ_t`` (``[T, B, G]`` stacked) with one ``[B, G] x [G, H]`` matmul per step, and
-   after it ``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``, ``db = sum dZ`` as large matmuls.
+   after it ``dW_h = H_prev^T dZ``, ``dW_x = X^T dZ``, ``db = sum dZ`` (and ``dX = dZ W_x^T``)
+   as large matmuls.
 
 Forward-mode autodiff (``jax.jvp``) and ``jax.vmap`` work too. ``sequence_length`` follows TF1's
 contract exactly as the generic path does (outputs zero past a row's length, state copied
@@ -45,6 +47,24 @@ from ._wrappers import MultiRNNCell
 __all__ = ["supports_fused", "use_fused", "fused_dynamic_rnn"]
 
 tree_map = jax.tree_util.tree_map
+
+#: Where the fused path projects the inputs: ``"before_loop"`` (``XW = X @ W_x`` for all steps as
+#: one matmul, cuDNN's way), ``"in_loop"`` (``concat([x_t, h]) @ kernel`` inside each step, as
+#: the generic cell) or ``"auto"``: in the loop on CPU, where streaming the ``[T, B, G]`` array
+#: ``XW`` from memory at every step measured slower (README, "Speed"), before it elsewhere.
+#: The backward pass is the same either way: ``dW_x = X^T dZ`` after the loop.
+INPUT_PROJECTION = "auto"
+
+
+def _project_first() -> bool:
+    if INPUT_PROJECTION not in ("auto", "before_loop", "in_loop"):
+        raise ValueError(
+            "recurrax._fused.INPUT_PROJECTION must be 'auto', 'before_loop' or 'in_loop'; "
+            f"got {INPUT_PROJECTION!r}."
+        )
+    if INPUT_PROJECTION == "auto":
+        return jax.default_backend() != "cpu"
+    return INPUT_PROJECTION == "before_loop"
 
 
 def supports_fused(cell) -> bool:
@@ -89,6 +109,7 @@ class _Plan:
     masked: bool  # sequence_length given (and not all equal to the trip count)
     early_exit: bool  # the trip count is traced: a while loop forward, skipped steps backward
     unroll: int
+    project_first: bool  # XW = X @ W_x for all steps before the loop, else inside each step
 
 
 def _cast(tree, dtype):
@@ -99,9 +120,9 @@ def _zero(t) -> bool:
     return isinstance(t, jax.custom_derivatives.SymbolicZero)
 
 
-def _step(plan: _Plan, rec, xw_t, state, valid_t, save: bool):
+def _step(plan: _Plan, rec, x_t, state, valid_t, save: bool, fold):
     """One masked step: ``(new_state, output)`` or ``(new_state, (output, coef, saved))``."""
-    out, new, coef, saved = plan.kernel.step(rec, xw_t, state)
+    out, new, coef, saved = plan.kernel.step(rec, x_t, state, fold)
     out, new = _cast(out, plan.dtype), _cast(new, plan.dtype)
     if valid_t is not None:
         out, new = mask_output(valid_t, out), select_state(valid_t, new, state)
@@ -112,24 +133,28 @@ def _forward(plan: _Plan, in_p, rec, xs, state, lengths, n, save: bool):
     """The recurrence over ``xs [T, B, I]``: ``(final_state, ys)`` or with residuals."""
     time, batch = xs.shape[:2]
     w_x, b = in_p
-    with jax.named_scope("input_projection"):
-        xw = (xs.reshape(time * batch, -1) @ w_x + b).reshape(time, batch, -1)  # (T, B, G)
+    fold = None
+    if plan.project_first:
+        with jax.named_scope("input_projection"):
+            xs = (xs.reshape(time * batch, -1) @ w_x + b).reshape(time, batch, -1)  # (T, B, G)
+    else:
+        fold = plan.kernel.fold(w_x, b, rec)
     valid = _valid(plan, lengths, time)
     if not plan.early_exit:
 
         def body(s, inp):
-            xw_t, valid_t = inp
-            return _step(plan, rec, xw_t, s, valid_t, save)
+            x_t, valid_t = inp
+            return _step(plan, rec, x_t, s, valid_t, save, fold)
 
-        return lax.scan(body, state, (xw, valid), unroll=plan.unroll)
+        return lax.scan(body, state, (xs, valid), unroll=plan.unroll)
 
     # Traced trip count: a while loop writing each step into buffers, stopping at n.
-    one = jax.eval_shape(lambda: _step(plan, rec, xw[0], state, _at(valid, 0), save)[1])
+    one = jax.eval_shape(lambda: _step(plan, rec, xs[0], state, _at(valid, 0), save, fold)[1])
     bufs = tree_map(lambda s: jnp.zeros((time, *s.shape), s.dtype), one)
 
     def body_n(t, c):
         s, bufs = c
-        s, res = _step(plan, rec, xw[t], s, _at(valid, t), save)
+        s, res = _step(plan, rec, xs[t], s, _at(valid, t), save, fold)
         return s, tree_map(lambda a, v: lax.dynamic_update_index_in_dim(a, v, t, 0), bufs, res)
 
     return lax.fori_loop(0, n, body_n, (state, bufs))
@@ -149,15 +174,17 @@ def _at(tree, t):
 def _tangent_loop(plan: _Plan, rec, coef, dz, extra, state_dot, lengths, n):
     """The linear loop ``(dz, extra, state_dot) -> (ys_dot, final_state_dot)``.
 
-    Every value it reads besides its linear inputs is precomputed (``coef``, the masks), so
-    that JAX's transpose of it is the backward loop alone.
+    Every value it reads besides its linear inputs is precomputed (``coef``, the masks, the
+    transposed weights), so that JAX's transpose of it is the backward loop alone.
     """
     time = dz.shape[0]
+    # The barrier keeps XLA from folding the transposes back into the loop's matmuls.
+    rec_t = lax.optimization_barrier(tree_map(lambda w: w.T if w.ndim == 2 else w, rec))
     valid = _valid(plan, lengths, time)
     active = jnp.arange(time, dtype=jnp.int32) < n if plan.early_exit else None
 
     def step(s_dot, coef_t, dz_t, extra_t, valid_t):
-        out, new = plan.kernel.tangent(rec, coef_t, dz_t, extra_t, s_dot)
+        out, new = plan.kernel.tangent(rec_t, coef_t, dz_t, extra_t, s_dot)
         out, new = _cast(out, plan.dtype), _cast(new, plan.dtype)
         if valid_t is not None:
             out, new = mask_output(valid_t, out), select_state(valid_t, new, s_dot)
@@ -192,7 +219,7 @@ def _layer_jvp(plan: _Plan, primals, tangents):
     time, batch = xs.shape[:2]
     # Tangents entering the recurrence from outside it, for all steps at once (large matmuls;
     # transposed, they are the weight and input gradients after the backward loop).
-    dz, extra = plan.kernel.weight_dot(rec_dot, saved)
+    dz, extra = plan.kernel.weight_dot(rec_dot, state, ys, coef, saved)
     flat_x = xs.reshape(time * batch, -1)
     (w_x, b), (w_x_dot, b_dot) = in_p, in_dot
     terms = [dz] if dz is not None else []
@@ -228,17 +255,17 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int):
     if isinstance(n, (int, np.integer)):
         n = int(n)
         if n == 0:  # every row has length 0: zero outputs, the initial state
-            out = jax.eval_shape(lambda: kernel.step(rec, (xs[0] @ in_p[0]), state)[0])
+            out = jax.eval_shape(lambda: kernel.step(rec, xs[0] @ in_p[0], state, None)[0])
             return jnp.zeros((time, *out.shape), dtype), state
         uniform = lengths is None or (
             not isinstance(lengths, jax.core.Tracer) and int(np.min(np.asarray(lengths))) == n
         )
-        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, False, unroll)
+        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, False, unroll, _project_first())
         ys, final = _layer(plan, in_p, rec, xs[:n], state, None if uniform else lengths, None)
         if n < time:
             ys = jnp.concatenate([ys, jnp.zeros((time - n, *ys.shape[1:]), ys.dtype)])
         return ys, final
-    plan = _Plan(kernel, jnp.dtype(dtype), True, True, unroll)
+    plan = _Plan(kernel, jnp.dtype(dtype), True, True, unroll, _project_first())
     return _layer(plan, in_p, rec, xs, state, lengths, n)
 
 

@@ -75,8 +75,12 @@ def _measure(spec: dict) -> dict:
             x = jax.ShapeDtypeStruct((b, T, i), jnp.float32)
             lengths = None
 
+        options = {} if spec.get("fused") is None else {"fused": spec["fused"]}
+
         def fn(cell, x, lengths):
-            return recurrax.dynamic_rnn(cell, x, sequence_length=lengths, dtype=jnp.float32)
+            return recurrax.dynamic_rnn(
+                cell, x, sequence_length=lengths, dtype=jnp.float32, **options
+            )
 
         args = (cell, x, lengths)
     with open(spec["stamp"], "w") as f:  # imports and data are ready: tracing starts now
@@ -239,7 +243,7 @@ def compile_huge(cell: str, small: int, huge: int, repeats: int, cap, mem, step,
     ]
 
 
-def early_exit(padded: int, longest: int, repeats: int, cap, mem, step, done):
+def early_exit(padded: int, longest: int, repeats: int, fused, cap, mem, step, done):
     lines = [
         f"| pass | padded T={padded} ms | unpadded T={longest} ms | padded / unpadded | "
         f"padded temp KiB | unpadded temp KiB |",
@@ -258,6 +262,7 @@ def early_exit(padded: int, longest: int, repeats: int, cap, mem, step, done):
                 mode=mode,
                 run=True,
                 repeats=repeats,
+                fused=fused,
             )
             res[T] = run_one(spec, cap, mem)
             done(res[T])
@@ -309,6 +314,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--parts", default="ratio,huge,early", help="comma-separated: ratio, huge, early"
     )
+    parser.add_argument(
+        "--fused",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="early exit: dynamic_rnn's fused fast path (auto: its default)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -345,10 +356,11 @@ def main(argv=None) -> int:
         out += [
             f"**Early exit** (basic_lstm, {n} units, {i} inputs, batch {b}; lengths random in "
             f"[1, {longest}], one row {longest}; run time = fastest of {run_repeats} calls; "
-            "lengths are traced inputs):",
+            f"lengths are traced inputs; fused={args.fused}):",
             "",
         ]
-        out += early_exit(padded, longest, run_repeats, args.cap, args.mem_cap, step, done)
+        fused = {"auto": None, "on": True, "off": False}[args.fused]
+        out += early_exit(padded, longest, run_repeats, fused, args.cap, args.mem_cap, step, done)
     print("\n".join(out))
     return 0
 

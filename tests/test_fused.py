@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 
 import recurrax
 import recurrax._dynamic as dynamic_module
+import recurrax._fused as fused_module
 from recurrax._fused import supports_fused
 from reference import (
     assert_tree_close,
@@ -91,6 +92,22 @@ def test_fused_gradients_equal_generic(kind, lengths):
         np.testing.assert_array_equal(grads[1][0], 0)
         np.testing.assert_array_equal(grads[1][2, 2:], 0)
         assert np.abs(np.asarray(grads[1][1, T - 1])).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["basic_rnn", "gru", "lstm_full"])
+def test_projection_before_the_loop(kind, monkeypatch):
+    """XW = X @ W_x for all steps before the loop (the choice on GPU, and on CPU for a large
+    W_x) gives the same values and gradients; with traced lengths too."""
+    monkeypatch.setattr(fused_module, "INPUT_PROJECTION", "before_loop")
+    cell, x = cell_of(kind), inputs(10)
+    want = loss_and_grads(cell, x, MIXED, False)
+    assert_tree_close(loss_and_grads(cell, x, MIXED, True), want, 1e-11, 1e-12)
+    if kind == "lstm_full":
+        traced = eqx.filter_jit(lambda c, x, n: loss_and_grads(c, x, n, True))
+        assert_tree_close(traced(cell, x, jnp.asarray(MIXED)), want, 1e-11, 1e-12)
+    monkeypatch.setattr(fused_module, "INPUT_PROJECTION", "sideways")
+    with pytest.raises(ValueError, match=r"INPUT_PROJECTION must be 'auto', 'before_loop' or"):
+        recurrax.dynamic_rnn(cell, x, dtype=jnp.float64)
 
 
 def test_traced_lengths_early_exit():

@@ -120,10 +120,11 @@ def dynamic_rnn(
       these strategies whose compiled gradient step needs at most that much temp memory (the
       loop's VJP compiled on its own; see the README). Exclusive with ``memory``; raises
       ``ValueError`` naming the least budget that works when none fits.
-    - ``fused``: keyword-only; ``None`` (default) takes the fused fast path (input projection
-      as one matmul, cuDNN-style backward; see ``_fused.py`` and the README's "Speed") for the
-      built-in cells and ``MultiRNNCell`` stacks of them with the default memory strategy;
-      ``True`` requires it, ``False`` takes the generic path. Same results.
+    - ``fused``: keyword-only; ``None`` (default) takes the fused fast path (cuDNN-style: the
+      weight gradients as large matmuls after the backward loop; see ``_fused.py`` and the
+      README's "Speed") for the built-in cells and ``MultiRNNCell`` stacks of them with the
+      default memory strategy; ``True`` requires it, ``False`` takes the generic path. Same
+      results; the fused path also supports ``jax.jvp`` with traced lengths.
 
     Without traced lengths, the default strategy and ``swap_memory=False`` the loop is a plain
     ``lax.scan`` and supports every JAX transformation; otherwise it carries a custom VJP

@@ -50,20 +50,24 @@ tree_map = jax.tree_util.tree_map
 
 #: Where the fused path projects the inputs: ``"before_loop"`` (``XW = X @ W_x`` for all steps as
 #: one matmul, cuDNN's way), ``"in_loop"`` (``concat([x_t, h]) @ kernel`` inside each step, as
-#: the generic cell) or ``"auto"``: in the loop on CPU, where streaming the ``[T, B, G]`` array
-#: ``XW`` from memory at every step measured slower (README, "Speed"), before it elsewhere.
-#: The backward pass is the same either way: ``dW_x = X^T dZ`` after the loop.
+#: the generic cell) or ``"auto"``: before the loop on GPU and TPU; on CPU in the loop unless
+#: ``W_x`` is larger than :data:`CPU_CACHE_BYTES`. On CPU, streaming the ``[T, B, G]`` array
+#: ``XW`` from memory at every step measured up to 2x slower than recomputing ``x_t @ W_x``
+#: while ``W_x`` stays in cache (README, "Speed"). The backward pass is the same either way:
+#: ``dW_x = X^T dZ`` after the loop.
 INPUT_PROJECTION = "auto"
+CPU_CACHE_BYTES = 4 * 2**20
 
 
-def _project_first() -> bool:
+def _project_first(w_x) -> bool:
     if INPUT_PROJECTION not in ("auto", "before_loop", "in_loop"):
         raise ValueError(
             "recurrax._fused.INPUT_PROJECTION must be 'auto', 'before_loop' or 'in_loop'; "
             f"got {INPUT_PROJECTION!r}."
         )
     if INPUT_PROJECTION == "auto":
-        return jax.default_backend() != "cpu"
+        big = w_x.size * w_x.dtype.itemsize > CPU_CACHE_BYTES
+        return jax.default_backend() != "cpu" or big
     return INPUT_PROJECTION == "before_loop"
 
 
@@ -252,6 +256,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int):
     time = xs.shape[0]
     kernel = kernel_for(cell)
     in_p, rec = kernel.params(cell)
+    first = _project_first(in_p[0])
     if isinstance(n, (int, np.integer)):
         n = int(n)
         if n == 0:  # every row has length 0: zero outputs, the initial state
@@ -260,12 +265,12 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int):
         uniform = lengths is None or (
             not isinstance(lengths, jax.core.Tracer) and int(np.min(np.asarray(lengths))) == n
         )
-        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, False, unroll, _project_first())
+        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, False, unroll, first)
         ys, final = _layer(plan, in_p, rec, xs[:n], state, None if uniform else lengths, None)
         if n < time:
             ys = jnp.concatenate([ys, jnp.zeros((time - n, *ys.shape[1:]), ys.dtype)])
         return ys, final
-    plan = _Plan(kernel, jnp.dtype(dtype), True, True, unroll, _project_first())
+    plan = _Plan(kernel, jnp.dtype(dtype), True, True, unroll, first)
     return _layer(plan, in_p, rec, xs, state, lengths, n)
 
 

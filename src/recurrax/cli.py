@@ -20,6 +20,12 @@ def _cmd_train(args) -> int:
     return run_train(args)
 
 
+def _cmd_bench(args) -> int:
+    from ._bench_report import run_bench_cli
+
+    return run_bench_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recurrax", description="TF1-style recurrent networks for JAX."
@@ -41,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a sequence model on bundled data (digits, sine)")
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
+
+    from ._bench_report import add_bench_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="time RNN, GRU and LSTM layers forward and forward+backward against PyTorch and "
+        "Flax (needs the [bench] extras)",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

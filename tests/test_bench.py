@@ -1,0 +1,103 @@
+"""The benchmark's code path on a tiny layer, and its report's arithmetic (no timings checked)."""
+
+import argparse
+
+import pytest
+
+from recurrax._bench import Case, build, measure_case, measure_static, round_robin
+from recurrax._bench_report import (
+    add_bench_arguments,
+    markdown,
+    plot_ratios,
+    run_bench_cli,
+    summarize,
+)
+from recurrax.cli import build_parser
+
+TINY = Case("lstm", 2, 3, 2, 4)
+
+
+def test_every_jax_implementation_runs():
+    result = measure_case(TINY, impls=("recurrax", "flax", "floor"), repeats=2)
+    assert set(result["times"]) == {"recurrax", "flax", "floor"}
+    for modes in result["times"].values():
+        assert set(modes) == {"fwd", "fwd+bwd"}
+        assert all(len(ts) == 2 and all(t > 0 for t in ts) for ts in modes.values())
+
+
+def test_torch_peers_run():
+    pytest.importorskip("torch")
+    for impl in ("torch", "torch_1t", "torch_cells"):
+        for cell in ("rnn", "gru", "lstm"):
+            fns = build(impl, Case(cell, 2, 3, 2, 4))
+            fns["fwd"]()
+            fns["fwd+bwd"]()
+
+
+def test_static_child_compiles_or_is_stopped():
+    done = measure_static(TINY, repeats=1, cap_s=120)
+    assert done["skipped"] is None and set(done["compile"]) == {"fwd", "fwd+bwd"}
+    assert set(done["times"]) == {"fwd", "fwd+bwd"}
+    stopped = measure_static(TINY, repeats=1, cap_s=0.001)
+    assert stopped["skipped"] == "fwd did not compile in 0 s" and stopped["times"] == {}
+
+
+def test_round_robin_budget():
+    calls = []
+    times = round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 4)
+    assert calls == ["a", "b"] + ["a", "b"] * 4  # warm-up, then rounds in turn
+    assert [len(v) for v in times.values()] == [4, 4]
+
+
+def _results():
+    """Two cases with made-up times: every ratio and efficiency below is known."""
+    lstm, rnn = Case("lstm", 32, 1000, 64, 128), Case("rnn", 4, 1000, 3, 5)
+
+    def t(torch, mine, cells, floor):
+        return {
+            "torch": {"fwd": [torch / 2] * 3, "fwd+bwd": [torch, torch, 99.0]},
+            "recurrax": {"fwd": [mine / 2] * 3, "fwd+bwd": [mine] * 3},
+            "torch_cells": {"fwd+bwd": [cells]},
+            "floor": {"fwd": [floor / 2], "fwd+bwd": [floor]},
+        }
+
+    return [
+        {"case": lstm, "times": t(2.0, 2.8, 20.0, 2.0), "static": {"skipped": "fwd did not"}},
+        {"case": rnn, "times": t(1.0, 0.5, 10.0, 0.25), "static": None},
+    ]
+
+
+def test_summary_and_targets():
+    rows = summarize(_results())
+    fb = {r["cell"]: r for r in rows if r["mode"] == "fwd+bwd"}
+    assert fb["lstm"]["seconds"]["torch"] == 2.0  # the median of [2, 2, 99]
+    assert fb["lstm"]["ratio"]["recurrax"] == pytest.approx(1.4)
+    assert fb["lstm"]["ratio"]["torch_cells"] == pytest.approx(10.0)
+    assert fb["lstm"]["efficiency"] == pytest.approx(2.0 / 2.8)
+    assert fb["rnn"]["ratio"]["recurrax"] == pytest.approx(0.5)
+    assert fb["lstm"]["ratio"]["flax"] is None and fb["lstm"]["static_skipped"]
+    meta = dict(command="recurrax bench", date="d", machine="m", cores=2, versions="v")
+    text = markdown(rows, dict(meta, load_start=1.0, load_end=2.0, torch_threads=2))
+    assert "| lstm | (32, 1000, 64, 128) | 2000.0 | 2800.0 | 1.40 | (fwd did not) |" in text
+    assert "over the grid: **0.95** (target <= 1.0: met)" in text  # median of 1.4 and 0.5
+    assert "largest ratio: **1.40** at lstm (32, 1000, 64, 128) (target <= 1.3: missed)" in text
+    assert "least **7.1x** (target >= 5x: met)" in text  # 10 / 1.4
+    assert "least **0.71** at lstm (32, 1000, 64, 128) (target >= 0.8: missed)" in text
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speed.png"
+    plot_ratios(summarize(_results()), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_arguments():
+    args = build_parser().parse_args(["bench", "--quick", "--skip", "static", "--plot", "x.png"])
+    assert (args.quick, args.skip, args.plot, args.static_cap) == (True, "static", "x.png", 60.0)
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    with pytest.raises(SystemExit, match=r"--cells must name some of \('rnn', 'gru', 'lstm'\)"):
+        run_bench_cli(parser.parse_args(["--cells", "lstm,mlp"]))
+    with pytest.raises(SystemExit, match=r"recurrax and torch cannot be skipped"):
+        run_bench_cli(parser.parse_args(["--skip", "torch"]))

@@ -118,6 +118,20 @@ def _cases():
             "inputs has feature size 3 but cell_bw.input_size is 5",
         ),
         (
+            "dynamic_bidirectional_feature_size",
+            lambda: recurrax.bidirectional_dynamic_rnn(RNN, GRU_4_5, X),
+            ValueError,
+            "inputs has feature size 3 but cell_bw.input_size is 5",
+        ),
+        (
+            "dynamic_bidirectional_initial_state",
+            lambda: recurrax.bidirectional_dynamic_rnn(
+                RNN, RNN, X, initial_state_bw=np.zeros((2, 5))
+            ),
+            ValueError,
+            "initial_state_bw must have shapes",
+        ),
+        (
             "cell_called_with_wrong_inputs",
             lambda: RNN(np.ones((2, 4)), np.zeros((2, 4))),
             ValueError,

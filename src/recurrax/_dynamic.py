@@ -207,12 +207,20 @@ def bidirectional_dynamic_rnn(
     del scope
     check_cell(cell_fw, "cell_fw")
     check_cell(cell_bw, "cell_bw")
-    inputs, batch, time, _ = _check_inputs(inputs, time_major)
+    inputs, batch, time, features = _check_inputs(inputs, time_major)
     sequence_length = check_sequence_length(sequence_length, batch, time)
+    # Checked here so that a message names the direction at fault.
+    check_feature_size(cell_fw, features, "inputs", "cell_fw")
+    check_feature_size(cell_bw, features, "inputs", "cell_bw")
+    init_fw, dtype_fw = resolve_initial_state(
+        cell_fw, initial_state_fw, dtype, batch, "initial_state_fw"
+    )
+    init_bw, dtype_bw = resolve_initial_state(
+        cell_bw, initial_state_bw, dtype, batch, "initial_state_bw"
+    )
     t_axis, b_axis = (0, 1) if time_major else (1, 0)
     common = dict(
         sequence_length=sequence_length,
-        dtype=dtype,
         parallel_iterations=parallel_iterations,
         swap_memory=swap_memory,
         time_major=time_major,
@@ -221,10 +229,10 @@ def bidirectional_dynamic_rnn(
         memory_budget=memory_budget,
         fused=fused,
     )
-    out_fw, state_fw = dynamic_rnn(cell_fw, inputs, initial_state=initial_state_fw, **common)
+    out_fw, state_fw = dynamic_rnn(cell_fw, inputs, initial_state=init_fw, dtype=dtype_fw, **common)
     reversed_inputs = reverse_sequence(inputs, sequence_length, t_axis, b_axis)
     out_bw, state_bw = dynamic_rnn(
-        cell_bw, reversed_inputs, initial_state=initial_state_bw, **common
+        cell_bw, reversed_inputs, initial_state=init_bw, dtype=dtype_bw, **common
     )
     out_bw = reverse_sequence(out_bw, sequence_length, t_axis, b_axis)
     return (out_fw, out_bw), (state_fw, state_bw)

@@ -231,9 +231,7 @@ def round_robin(fns: dict, repeats: int, warmup: int = 1, budget_s: float = 30.0
 
 
 def _static_child(spec: str) -> None:
-    """Child process: compile static_rnn (reporting each compile's seconds), then time it."""
-    import jax
-
+    """Child process: per mode, compile static_rnn (reporting the seconds), then time it."""
     args = json.loads(spec)
     case = Case(**args["case"])
     fns = _recurrax(case, "static")
@@ -241,9 +239,9 @@ def _static_child(spec: str) -> None:
     for mode in MODES:
         t0 = time.perf_counter()
         fns[mode]()  # compiles
-        print(json.dumps({"compiled": mode, "seconds": time.perf_counter() - t0}), flush=True)
-    times = round_robin(fns, args["repeats"], warmup=0)
-    print(json.dumps({"times": times, "jax": jax.__version__}), flush=True)
+        print(json.dumps({"compiled": time.perf_counter() - t0}), flush=True)
+        times = round_robin({mode: fns[mode]}, args["repeats"], warmup=0)[mode]
+        print(json.dumps({"times": times}), flush=True)
 
 
 def _reader(proc) -> tuple[Callable[[float], dict | None], threading.Thread]:
@@ -288,9 +286,12 @@ def measure_static(case: Case, repeats: int, cap_s: float) -> dict:
             if msg is None:
                 result["skipped"] = f"{mode} did not compile in {cap_s:.0f} s"
                 return result
-            result["compile"][mode] = msg["seconds"]
-        msg = next_message(600)
-        result["times"] = msg["times"] if msg else {}
+            result["compile"][mode] = msg["compiled"]
+            msg = next_message(600)
+            if msg is None:
+                result["skipped"] = f"{mode} did not finish its timed calls"
+                return result
+            result["times"][mode] = msg["times"]
         return result
     finally:
         proc.kill()

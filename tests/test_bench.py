@@ -17,9 +17,12 @@ from recurrax.cli import build_parser
 TINY = Case("lstm", 2, 3, 2, 4)
 
 
-def test_every_jax_implementation_runs():
-    result = measure_case(TINY, impls=("recurrax", "flax", "floor"), repeats=2)
-    assert set(result["times"]) == {"recurrax", "flax", "floor"}
+@pytest.mark.parametrize("impls", [("recurrax", "floor"), ("flax",)])
+def test_every_jax_implementation_runs(impls):
+    if "flax" in impls:
+        pytest.importorskip("flax")  # a benchmark peer, in the [bench] extra
+    result = measure_case(TINY, impls=impls, repeats=2)
+    assert set(result["times"]) == set(impls)
     for modes in result["times"].values():
         assert set(modes) == {"fwd", "fwd+bwd"}
         assert all(len(ts) == 2 and all(t > 0 for t in ts) for ts in modes.values())

@@ -201,6 +201,8 @@ def _versions() -> str:
 
 
 def _check_peers(impls) -> None:
+    if "recurrax" not in impls or "torch" not in impls:
+        raise SystemExit("recurrax bench: recurrax and torch cannot be skipped (ratios need both).")
     for module, impl_names in (
         ("torch", ("torch", "torch_1t", "torch_cells")),
         ("flax", ("flax",)),
@@ -214,8 +216,6 @@ def _check_peers(impls) -> None:
                     'benchmark extras with `pip install -e ".[bench]"` (torch==2.13.0, flax, '
                     "matplotlib, rich), or leave that peer out with --skip."
                 ) from None
-    if "recurrax" not in impls or "torch" not in impls:
-        raise SystemExit("recurrax bench: recurrax and torch cannot be skipped (ratios need both).")
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:

@@ -166,7 +166,9 @@ def plot_ratios(rows: list[dict], path: str) -> None:
             ax.bar(xs + (k - len(shown) / 2 + 0.5) * width, vals, width, label=impl)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_xticks(xs, [f"{r['cell']}\n{r['shape']}" for r in sub], fontsize=7)
+        labels = [f"{r['cell']}\n" + ",".join(map(str, r["shape"])) for r in sub]
+        ax.set_xticks(xs, labels, fontsize=7)
+        ax.set_xlabel("cell, (B, T, I, H)", fontsize=8)
         ax.set_ylabel("time / PyTorch nn.* time")
         ax.set_title(f"{mode}: below 1 is faster than PyTorch nn.*")
         ax.legend(fontsize=8, ncol=len(shown))

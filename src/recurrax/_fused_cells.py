@@ -3,8 +3,8 @@
 Each kernel below describes one cell family to the engine in ``_fused.py``:
 
 - ``params(cell) -> (w_x [I, G], b [G]), rec``: the kernel's input rows (for every gate, side by
-  side) and bias, and the recurrent weights ``rec``. The engine computes ``xw = x @ w_x + b`` for
-  all steps as one matmul before the loop.
+  side) and bias, and the recurrent weights ``rec``. Projecting before the loop, the engine
+  computes ``xw = x @ w_x + b`` for all steps as one matmul (``_fused.INPUT_PROJECTION``).
 - ``fold(w_x, b, rec)``: the weights a step needs to project its own input, when the input
   projection runs inside the loop (``concat([x_t, h]) @ kernel`` as the generic cell does).
 - ``step(rec, x_t, state, fold) -> (output, new_state, coef, saved)``: one step of the cell.

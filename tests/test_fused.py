@@ -30,6 +30,7 @@ FUSED_KINDS = ["basic_rnn", "gru", "basic_lstm", "lstm", "lstm_full", "multi"]
 GENERIC_KINDS = ["residual", "user", "dropout_keep1", "dropout"]
 B, T, F = 3, 5, 3
 MIXED = np.array([0, T, 2])  # a row of length 0, one of length T, one in between
+FAST = {"xla_backend_optimization_level": 0}  # small programs: compile them quickly
 
 
 def cell_of(kind):
@@ -119,6 +120,43 @@ def test_traced_lengths_early_exit():
     for lengths in (MIXED, np.array([1, 3, 2]), np.array([0, 0, 0])):
         lengths = jnp.asarray(lengths)
         assert_tree_close(fused(cell, x, lengths), generic(cell, x, lengths), 1e-11, 1e-12)
+
+
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+def test_traced_lengths_run_in_chunks(time_major, monkeypatch):
+    """Traced lengths: chunks of 3 steps over T = 10 (the last one padded), stopping after the
+    chunk holding the longest row, the backward pass recomputing chunk by chunk. Against the
+    generic path with concrete lengths (a plain lax.scan and XLA's autodiff), for losses on
+    outputs and state, on the state only (no output cotangent), with and without input
+    gradients."""
+    monkeypatch.setattr(fused_module, "EXIT_CHUNK", 3)
+    time = 10
+    cell, x = cell_of("multi"), inputs(4, time=time)  # a GRU, then an LSTMCell with options
+    if time_major:
+        x = jnp.swapaxes(x, 0, 1)
+
+    def loss(cell, x, lengths, fused, outputs):
+        out, state = recurrax.dynamic_rnn(
+            cell, x, lengths, dtype=jnp.float64, time_major=time_major, fused=fused
+        )
+        total = sum(jnp.sum(s * jnp.cos(s)) for s in jax.tree.leaves(state))
+        return total + (jnp.sum(jnp.sin(out) * x[..., :1]) if outputs else 0.0), out
+
+    def grads(lengths, fused, outputs, wrt_x):
+        f = jax.value_and_grad(loss, argnums=(0, 1) if wrt_x else 0, has_aux=True)
+        return f(cell, x, lengths, fused, outputs)
+
+    traced = eqx.filter_jit(grads, compiler_options=FAST)
+    cases = [  # lengths (a row of T; n = 7 ends inside a chunk; all zero; one chunk), loss
+        ([10, 0, 4], True, True),
+        ([7, 2, 0], False, True),
+        ([0, 0, 0], True, False),
+        ([3, 1, 2], True, True),
+    ]
+    for lengths, outputs, wrt_x in cases:
+        want = grads(np.array(lengths), False, outputs, wrt_x)
+        got = traced(jnp.array(lengths), True, outputs, wrt_x)
+        assert_tree_close(got, want, 1e-11, 1e-12)
 
 
 def test_finite_differences_forward_and_reverse_mode():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import recurrax
+import recurrax._loop as loop_module
 from recurrax._loop import run_loop, trip_count
 from reference import assert_tree_close, make_cell, reference_rnn, reference_step, zeros_like_state
 
@@ -190,11 +191,13 @@ def test_unroll_puts_copies_of_the_step_in_the_program():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["dynamic", "bidirectional"])
-def test_early_exit_gradients_equal_full_scan(bidirectional):
+def test_early_exit_gradients_equal_full_scan(bidirectional, monkeypatch):
     """Gradients through the early-exit loop (its custom VJP) equal lax.scan's over all T.
 
+    Traced lengths store the steps' values one segment at a time: segments of 3 steps here.
     (test_memory.py runs this for every strategy and cell; here: more length patterns.)
     """
+    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 3)
     cell = make_cell("user", F)
     x = jnp.asarray(inputs()).swapaxes(0, 1)  # (T, B, F)
     s0 = initial_state(cell)
@@ -244,9 +247,10 @@ def test_cell_runs_only_up_to_the_longest_row(unroll):
         n = jnp.array(lengths)
         jax.block_until_ready(run(cell, x, n))
         assert counter.take() == max(lengths)
-        # Everything is stored: the backward pass reuses the forward's values, no cell call.
+        # Traced lengths: values are stored one segment at a time, each segment recomputed
+        # once in the backward pass, so the cell runs max(lengths) steps twice.
         jax.block_until_ready(grad(cell, x.astype(jnp.float64), n))
-        assert counter.take() == max(lengths)
+        assert counter.take() == 2 * max(lengths)
     bidir = jax.jit(lambda c, x, n: recurrax.bidirectional_dynamic_rnn(c, c, x, n, dtype=x.dtype))
     jax.block_until_ready(bidir(cell, x, jnp.array([0, 5, 3, 1])))
     assert counter.take() == 2 * 5
@@ -258,6 +262,22 @@ def test_concrete_lengths_stop_early_without_jit():
     out, _ = recurrax.dynamic_rnn(cell, inputs(time=12), np.array([4, 0, 2, 1]), dtype=jnp.float64)
     assert counter.take() == 4
     np.testing.assert_array_equal(np.asarray(out)[:, 4:], 0.0)
+
+
+def test_concrete_lengths_under_jit_give_a_static_trip_count():
+    """NumPy lengths stay concrete under jax.jit: the loop is a lax.scan over max(lengths)
+    steps (XLA's own autodiff, every value stored), not the early-exit loop of traced ones."""
+    cell = make_cell("user", F)
+    x = jnp.asarray(inputs(time=12))
+
+    def loss(c, lengths):
+        return jnp.sum(recurrax.dynamic_rnn(c, x, lengths, dtype=x.dtype)[0])
+
+    lengths = np.array([0, 5, 3, 1])
+    concrete = str(jax.make_jaxpr(jax.grad(lambda c: loss(c, lengths)))(cell))
+    assert "length=5" in concrete and "while" not in concrete
+    traced = str(jax.make_jaxpr(jax.grad(loss))(cell, lengths))  # an argument: traced
+    assert "while" in traced
 
 
 class PlainCell:

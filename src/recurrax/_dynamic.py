@@ -88,7 +88,9 @@ def dynamic_rnn(
     its size and compile time do not depend on ``T``. Like TF1, the loop runs only
     ``max(sequence_length)`` steps, in the forward and in the backward pass, even when that
     number is only known at run time (traced lengths under ``jax.jit``): a batch padded to a long
-    ``T`` costs what its longest row costs.
+    ``T`` costs what its longest row costs. With traced lengths the loop runs in chunks of 64
+    steps and the backward pass recomputes one chunk at a time, so that no buffer is sized by
+    the padded ``T`` but the inputs and outputs (README, "Early exit").
 
     **Arguments:**
 
@@ -124,11 +126,12 @@ def dynamic_rnn(
       weight gradients as large matmuls after the backward loop; see ``_fused.py`` and the
       README's "Speed") for the built-in cells and ``MultiRNNCell`` stacks of them with the
       default memory strategy; ``True`` requires it, ``False`` takes the generic path. Same
-      results; the fused path also supports ``jax.jvp`` with traced lengths.
+      results.
 
-    Without traced lengths, the default strategy and ``swap_memory=False`` the loop is a plain
-    ``lax.scan`` and supports every JAX transformation; otherwise it carries a custom VJP
-    (reverse mode: ``jax.grad``, ``jax.vjp``; not ``jax.jvp``), as TF1's while loop does.
+    Without traced lengths, with the default strategy and ``swap_memory=False``, the loop
+    supports every JAX transformation (forward mode included); otherwise it carries a custom
+    VJP (reverse mode: ``jax.grad``, ``jax.vjp``; not ``jax.jvp``), as TF1's while loop does.
+    NumPy lengths stay concrete under ``jax.jit``.
 
     **Returns:** ``(outputs, final_state)``: ``outputs`` is ``[batch, time, output_size]`` (or
     time-major), zero past each row's length; ``final_state`` matches ``cell.state_size``.
@@ -152,9 +155,8 @@ def dynamic_rnn(
     sequence_length = check_sequence_length(sequence_length, batch, time)
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
     if use_fused(cell, fused, memory=memory, swap_memory=swap_memory, memory_budget=memory_budget):
-        xs = inputs.astype(dtype) if time_major else jnp.swapaxes(inputs.astype(dtype), 0, 1)
-        outputs, final_state = fused_dynamic_rnn(cell, xs, state, dtype, sequence_length, unroll)
-        return (outputs if time_major else jnp.swapaxes(outputs, 0, 1)), final_state
+        xs = inputs.astype(dtype)
+        return fused_dynamic_rnn(cell, xs, state, dtype, sequence_length, unroll, time_major)
 
     def step(state, x_t, t):
         out, new_state = masked_step(cell, x_t, state, t, sequence_length, dtype)

@@ -18,9 +18,13 @@ the whole kernel, and reverse-mode autodiff of the loop adds every step's weight
 
 Forward-mode autodiff (``jax.jvp``) and ``jax.vmap`` work too. ``sequence_length`` follows TF1's
 contract exactly as the generic path does (outputs zero past a row's length, state copied
-through), and the loops stop at ``max(sequence_length)``: with concrete lengths every loop runs
-that many steps; with traced ones (under ``jax.jit``) the forward loop is a ``lax.while_loop``
-that exits early and the backward loop skips the steps past it.
+through), and the loops stop at ``max(sequence_length)``. With concrete lengths every loop runs
+that many steps. With traced ones (under ``jax.jit``) that number is unknown when XLA sizes its
+buffers, so the layer runs in chunks of :data:`EXIT_CHUNK` steps (:func:`_chunked`): forward,
+chunk after chunk until the longest row ends, keeping the state at each chunk's start; backward,
+chunk after chunk in reverse, recomputing one chunk's forward pass and differentiating it as
+above. Work and scratch memory follow the longest row (rounded up to a chunk), not the padded
+``T``, for one extra forward pass; forward-mode autodiff then is not available (reverse mode is).
 
 Each layer of a ``MultiRNNCell`` runs over the whole sequence before the next: the outputs and
 final states are those of the step-by-step stack, since a row's steps past its length change
@@ -33,6 +37,7 @@ import dataclasses
 from functools import partial
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +62,10 @@ tree_map = jax.tree_util.tree_map
 #: ``dW_x = X^T dZ`` after the loop.
 INPUT_PROJECTION = "auto"
 CPU_CACHE_BYTES = 4 * 2**20
+
+#: Steps per chunk of the early-exit loops (traced lengths): the work done past the longest row
+#: is less than one chunk, and the backward pass keeps one chunk's values at a time.
+EXIT_CHUNK = 64
 
 
 def _project_first(w_x) -> bool:
@@ -111,7 +120,6 @@ class _Plan:
     kernel: Any
     dtype: Any  # of the state and the outputs
     masked: bool  # sequence_length given (and not all equal to the trip count)
-    early_exit: bool  # the trip count is traced: a while loop forward, skipped steps backward
     unroll: int
     project_first: bool  # XW = X @ W_x for all steps before the loop, else inside each step
 
@@ -124,6 +132,10 @@ def _zero(t) -> bool:
     return isinstance(t, jax.custom_derivatives.SymbolicZero)
 
 
+def _is_primal(a) -> bool:
+    return isinstance(a, jax.custom_derivatives.CustomVJPPrimal)
+
+
 def _step(plan: _Plan, rec, x_t, state, valid_t, save: bool, fold):
     """One masked step: ``(new_state, output)`` or ``(new_state, (output, coef, saved))``."""
     out, new, coef, saved = plan.kernel.step(rec, x_t, state, fold)
@@ -133,7 +145,7 @@ def _step(plan: _Plan, rec, x_t, state, valid_t, save: bool, fold):
     return new, ((out, coef, saved) if save else out)
 
 
-def _forward(plan: _Plan, in_p, rec, xs, state, lengths, n, save: bool):
+def _forward(plan: _Plan, in_p, rec, xs, state, lengths, save: bool):
     """The recurrence over ``xs [T, B, I]``: ``(final_state, ys)`` or with residuals."""
     time, batch = xs.shape[:2]
     w_x, b = in_p
@@ -144,24 +156,12 @@ def _forward(plan: _Plan, in_p, rec, xs, state, lengths, n, save: bool):
     else:
         fold = plan.kernel.fold(w_x, b, rec)
     valid = _valid(plan, lengths, time)
-    if not plan.early_exit:
 
-        def body(s, inp):
-            x_t, valid_t = inp
-            return _step(plan, rec, x_t, s, valid_t, save, fold)
+    def body(s, inp):
+        x_t, valid_t = inp
+        return _step(plan, rec, x_t, s, valid_t, save, fold)
 
-        return lax.scan(body, state, (xs, valid), unroll=plan.unroll)
-
-    # Traced trip count: a while loop writing each step into buffers, stopping at n.
-    one = jax.eval_shape(lambda: _step(plan, rec, xs[0], state, _at(valid, 0), save, fold)[1])
-    bufs = tree_map(lambda s: jnp.zeros((time, *s.shape), s.dtype), one)
-
-    def body_n(t, c):
-        s, bufs = c
-        s, res = _step(plan, rec, xs[t], s, _at(valid, t), save, fold)
-        return s, tree_map(lambda a, v: lax.dynamic_update_index_in_dim(a, v, t, 0), bufs, res)
-
-    return lax.fori_loop(0, n, body_n, (state, bufs))
+    return lax.scan(body, state, (xs, valid), unroll=plan.unroll)
 
 
 def _valid(plan: _Plan, lengths, time: int):
@@ -171,11 +171,7 @@ def _valid(plan: _Plan, lengths, time: int):
     return jnp.arange(time, dtype=jnp.int32)[:, None] < lengths[None, :]
 
 
-def _at(tree, t):
-    return tree_map(lambda a: a[t], tree)
-
-
-def _tangent_loop(plan: _Plan, rec, coef, dz, extra, state_dot, lengths, n):
+def _tangent_loop(plan: _Plan, rec, coef, dz, extra, state_dot, lengths):
     """The linear loop ``(dz, extra, state_dot) -> (ys_dot, final_state_dot)``.
 
     Every value it reads besides its linear inputs is precomputed (``coef``, the masks, the
@@ -185,41 +181,29 @@ def _tangent_loop(plan: _Plan, rec, coef, dz, extra, state_dot, lengths, n):
     # The barrier keeps XLA from folding the transposes back into the loop's matmuls.
     rec_t = lax.optimization_barrier(tree_map(lambda w: w.T if w.ndim == 2 else w, rec))
     valid = _valid(plan, lengths, time)
-    active = jnp.arange(time, dtype=jnp.int32) < n if plan.early_exit else None
 
-    def step(s_dot, coef_t, dz_t, extra_t, valid_t):
+    def body(s_dot, inp):
+        coef_t, dz_t, extra_t, valid_t = inp
         out, new = plan.kernel.tangent(rec_t, coef_t, dz_t, extra_t, s_dot)
         out, new = _cast(out, plan.dtype), _cast(new, plan.dtype)
         if valid_t is not None:
             out, new = mask_output(valid_t, out), select_state(valid_t, new, s_dot)
         return new, out
 
-    def body(s_dot, inp):
-        coef_t, dz_t, extra_t, valid_t, active_t = inp
-        run = partial(step, coef_t=coef_t, dz_t=dz_t, extra_t=extra_t, valid_t=valid_t)
-        if active_t is None:
-            return run(s_dot)
-        out_shape = jax.eval_shape(run, s_dot)[1]
-
-        def skip(s):  # past the trip count every row is masked: no change, zero outputs
-            return s, tree_map(lambda o: jnp.zeros(o.shape, o.dtype), out_shape)
-
-        return lax.cond(active_t, run, skip, s_dot)
-
-    return lax.scan(body, state_dot, (coef, dz, extra, valid, active), unroll=plan.unroll)
+    return lax.scan(body, state_dot, (coef, dz, extra, valid), unroll=plan.unroll)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _layer(plan: _Plan, in_p, rec, xs, state, lengths, n):
-    """``(ys [T, B, out], final_state)`` of one layer; ``n`` the traced trip count or ``None``."""
-    final, ys = _forward(plan, in_p, rec, xs, state, lengths, n, save=False)
+def _layer(plan: _Plan, in_p, rec, xs, state, lengths):
+    """``(ys [T, B, out], final_state)`` of one layer over all ``T`` steps of ``xs``."""
+    final, ys = _forward(plan, in_p, rec, xs, state, lengths, save=False)
     return ys, final
 
 
 def _layer_jvp(plan: _Plan, primals, tangents):
-    in_p, rec, xs, state, lengths, n = primals
-    in_dot, rec_dot, xs_dot, state_dot, _, _ = tangents
-    final, (ys, coef, saved) = _forward(plan, in_p, rec, xs, state, lengths, n, save=True)
+    in_p, rec, xs, state, lengths = primals
+    in_dot, rec_dot, xs_dot, state_dot, _ = tangents
+    final, (ys, coef, saved) = _forward(plan, in_p, rec, xs, state, lengths, save=True)
     time, batch = xs.shape[:2]
     # Tangents entering the recurrence from outside it, for all steps at once (large matmuls;
     # transposed, they are the weight and input gradients after the backward loop).
@@ -244,57 +228,197 @@ def _layer_jvp(plan: _Plan, primals, tangents):
         state,
         is_leaf=_zero,
     )
-    final_dot, ys_dot = _tangent_loop(plan, rec, coef, dz, extra, state_dot, lengths, n)
+    final_dot, ys_dot = _tangent_loop(plan, rec, coef, dz, extra, state_dot, lengths)
     return (ys, final), (ys_dot, final_dot)
 
 
 _layer.defjvp(_layer_jvp, symbolic_zeros=True)
 
 
-def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int):
-    """One supported cell over ``xs [T, B, I]``; ``n`` an int or a traced trip count."""
-    time = xs.shape[0]
+# Traced trip count: the layer in chunks of static length (see the module's docstring).
+
+
+def _chunk_in(a, k, chunk: int, axis: int):
+    """Steps ``[k * chunk, (k + 1) * chunk)`` of ``a`` (time along ``axis``), time-major."""
+    return _time_first(lax.dynamic_slice_in_dim(a, k * chunk, chunk, axis), axis)
+
+
+def _chunk_out(buf, a, k, chunk: int, axis: int):
+    """``buf`` (time along ``axis``) with the time-major chunk ``a`` written at chunk ``k``."""
+    return lax.dynamic_update_slice_in_dim(buf, _time_first(a, axis), k * chunk, axis)
+
+
+def _chunk(plan: _Plan, chunk: int, axis: int, in_p, rec, xs, state, lengths, k):
+    """Chunk ``k`` of the layer from ``state``: time-major ``(ys_k, final_state)``."""
+    x_k = _chunk_in(xs, k, chunk, axis)
+    return _layer(plan, in_p, rec, x_k, state, lengths - k * chunk)
+
+
+def _chunk_count(n, chunk: int):
+    return (n + chunk - 1) // chunk
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _chunked(plan: _Plan, chunk: int, axis: int, in_p, rec, xs, state, lengths, n):
+    """``(ys, final_state)`` of one layer, running only the chunks of ``xs`` that start before
+    the traced trip count ``n``. Time is along ``axis`` of ``xs`` and ``ys``; its length is a
+    multiple of ``chunk``. Chunks are read and written in place, so that nothing the size of
+    the whole sequence is laid out anew but the outputs."""
+    args = (in_p, rec, xs, state, lengths, n)
+    ys, final, _ = _chunked_forward(plan, chunk, axis, *args, keep=False)
+    return ys, final
+
+
+def _chunked_forward(plan, chunk, axis, in_p, rec, xs, state, lengths, n, keep: bool):
+    """``(ys, final_state, starts)``: ``starts [T / chunk, ...]`` holds each chunk's initial
+    state when ``keep`` (``None`` otherwise)."""
+    run = partial(_chunk, plan, chunk, axis, in_p, rec, xs)
+    first = jax.eval_shape(lambda: run(state, lengths, 0)[0])  # [chunk, B, out]
+    time = xs.shape[axis]
+    shape = (time, *first.shape[1:]) if axis == 0 else (first.shape[1], time, *first.shape[2:])
+    ys = jnp.zeros(shape, first.dtype)
+    count = time // chunk
+    starts = tree_map(lambda a: jnp.zeros((count, *a.shape), a.dtype), state) if keep else None
+
+    def body(k, c):
+        s, ys, starts = c
+        if keep:
+            starts = tree_map(lambda buf, v: buf.at[k].set(v), starts, s)
+        y_k, s = run(s, lengths, k)
+        return s, _chunk_out(ys, y_k, k, chunk, axis), starts
+
+    final, ys, starts = lax.fori_loop(0, _chunk_count(n, chunk), body, (state, ys, starts))
+    return ys, final, starts
+
+
+class _WantDx(eqx.Module):
+    """Whether the inputs need a cotangent (static: it travels in the residuals' structure)."""
+
+    value: bool = eqx.field(static=True)
+
+
+def _chunked_fwd(plan: _Plan, chunk: int, axis: int, in_p, rec, xs, state, lengths, n):
+    want_dx = _WantDx(xs.perturbed)
+    in_p, rec, xs, state, lengths, n = tree_map(
+        lambda a: a.value, (in_p, rec, xs, state, lengths, n), is_leaf=_is_primal
+    )
+    args = (in_p, rec, xs, state, lengths, n)
+    ys, final, starts = _chunked_forward(plan, chunk, axis, *args, keep=True)
+    return (ys, final), (in_p, rec, xs, lengths, n, starts, want_dx)
+
+
+def _chunked_bwd(plan: _Plan, chunk: int, axis: int, res, cts):
+    """Chunks in reverse: recompute one chunk's forward pass from its initial state and pull
+    its cotangents back through the fused layer's own derivative."""
+    in_p, rec, xs, lengths, n, starts, want_dx = res
+    ct_ys, ct_final = cts
+    ct_final = tree_map(
+        lambda c, buf: jnp.zeros(buf.shape[1:], buf.dtype) if _zero(c) else c,
+        ct_final,
+        starts,
+        is_leaf=_zero,
+    )
+    count = _chunk_count(n, chunk)
+
+    def body(i, c):
+        k = count - 1 - i
+        ct_s, g_in, g_rec, ct_xs = c
+        s_k = tree_map(lambda buf: buf[k], starts)
+        x_k = _chunk_in(xs, k, chunk, axis)
+        lengths_k = lengths - k * chunk
+        if _zero(ct_ys):
+            shape = jax.eval_shape(lambda: _layer(plan, in_p, rec, x_k, s_k, lengths_k)[0])
+            ct_y = jnp.zeros(shape.shape, shape.dtype)
+        else:
+            ct_y = _chunk_in(ct_ys, k, chunk, axis)
+        if want_dx.value:
+            _, pull = jax.vjp(
+                lambda a, r, x, s: _layer(plan, a, r, x, s, lengths_k), in_p, rec, x_k, s_k
+            )
+            d_in, d_rec, d_x, d_s = pull((ct_y, ct_s))
+            ct_xs = _chunk_out(ct_xs, d_x, k, chunk, axis)
+        else:
+            _, pull = jax.vjp(lambda a, r, s: _layer(plan, a, r, x_k, s, lengths_k), in_p, rec, s_k)
+            d_in, d_rec, d_s = pull((ct_y, ct_s))
+        return d_s, tree_map(jnp.add, g_in, d_in), tree_map(jnp.add, g_rec, d_rec), ct_xs
+
+    zeros = partial(tree_map, jnp.zeros_like)
+    init = (ct_final, zeros(in_p), zeros(rec), zeros(xs) if want_dx.value else None)
+    ct_s0, g_in, g_rec, ct_xs = lax.fori_loop(0, count, body, init)
+    return g_in, g_rec, ct_xs, ct_s0, None, None
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
+
+
+def _time_first(a, axis: int):
+    return a if axis == 0 else jnp.swapaxes(a, 0, 1)
+
+
+def _pad_time(a, steps: int, axis: int):
+    """``a`` with ``steps`` zero steps appended along its time ``axis``."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, steps)
+    return jnp.pad(a, pad)
+
+
+def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
+    """One supported cell over ``xs`` (time along ``axis``, 0 or 1); ``n`` an int or a traced
+    trip count. Returns ``(ys, final_state)``, ``ys`` in the layout of ``xs``."""
+    time = xs.shape[axis]
     kernel = kernel_for(cell)
     in_p, rec = kernel.params(cell)
     first = _project_first(in_p[0])
     if isinstance(n, (int, np.integer)):
         n = int(n)
         if n == 0:  # every row has length 0: zero outputs, the initial state
-            out = jax.eval_shape(lambda: kernel.step(rec, xs[0] @ in_p[0], state, None)[0])
-            return jnp.zeros((time, *out.shape), dtype), state
+            x0 = lax.index_in_dim(xs, 0, axis, keepdims=False)
+            out = jax.eval_shape(lambda: kernel.step(rec, x0 @ in_p[0], state, None)[0])
+            shape = (time, *out.shape) if axis == 0 else (out.shape[0], time, *out.shape[1:])
+            return jnp.zeros(shape, dtype), state
         uniform = lengths is None or (
             not isinstance(lengths, jax.core.Tracer) and int(np.min(np.asarray(lengths))) == n
         )
-        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, False, unroll, first)
-        ys, final = _layer(plan, in_p, rec, xs[:n], state, None if uniform else lengths, None)
-        if n < time:
-            ys = jnp.concatenate([ys, jnp.zeros((time - n, *ys.shape[1:]), ys.dtype)])
-        return ys, final
-    plan = _Plan(kernel, jnp.dtype(dtype), True, True, unroll, first)
-    return _layer(plan, in_p, rec, xs, state, lengths, n)
+        plan = _Plan(kernel, jnp.dtype(dtype), not uniform, unroll, first)
+        # Only the first n steps are laid out time-major, run and laid back.
+        head = _time_first(lax.slice_in_dim(xs, 0, n, axis=axis), axis)
+        ys, final = _layer(plan, in_p, rec, head, state, None if uniform else lengths)
+        return _pad_time(_time_first(ys, axis), time - n, axis), final
+    plan = _Plan(kernel, jnp.dtype(dtype), True, unroll, first)
+    chunk = min(EXIT_CHUNK, time)
+    if time % chunk:  # whole chunks only: pad with steps that every row's length masks
+        xs = _pad_time(xs, chunk - time % chunk, axis)
+    ys, final = _chunked(plan, chunk, axis, in_p, rec, xs, state, lengths, n)
+    return lax.slice_in_dim(ys, 0, time, axis=axis), final
 
 
-def fused_dynamic_rnn(cell, xs, state, dtype, sequence_length=None, unroll: int = 1):
+def fused_dynamic_rnn(
+    cell, xs, state, dtype, sequence_length=None, unroll: int = 1, time_major: bool = True
+):
     """``dynamic_rnn``'s loop on the fused path, for a cell where :func:`supports_fused`.
 
     **Arguments:**
 
     - ``cell``: a supported cell (see :func:`supports_fused`).
-    - ``xs``: time-major inputs ``[T, B, input_size]``, already of dtype ``dtype``.
+    - ``xs``: inputs ``[T, B, input_size]`` (``[B, T, input_size]`` unless ``time_major``),
+      already of dtype ``dtype``.
     - ``state``: the initial state, a nest matching ``cell.state_size`` of ``[B, n]`` arrays.
     - ``dtype``: the dtype of the state and the outputs.
     - ``sequence_length``: ``None`` or validated int32 ``[B]`` lengths (maybe traced).
     - ``unroll``: steps per iteration of the compiled loops.
+    - ``time_major``: the layout of ``xs`` and of the outputs.
 
-    **Returns:** ``(outputs [T, B, output_size], final_state)``, as the generic path.
+    **Returns:** ``(outputs, final_state)``, ``outputs [T, B, output_size]`` (or batch-major),
+    as the generic path.
     """
     unroll = _check_unroll(unroll)
-    n = trip_count(sequence_length, xs.shape[0])
+    axis = 0 if time_major else 1
+    n = trip_count(sequence_length, xs.shape[axis])
     if type(cell) is not MultiRNNCell:
-        return _run_layer(cell, xs, state, dtype, sequence_length, n, unroll)
+        return _run_layer(cell, xs, state, dtype, sequence_length, n, unroll, axis)
     finals = []
     for k, (layer, s) in enumerate(zip(cell.cells, state)):
         with jax.named_scope(f"cell_{k}"):
-            xs, s = fused_dynamic_rnn(layer, xs, s, dtype, sequence_length, unroll)
+            xs, s = fused_dynamic_rnn(layer, xs, s, dtype, sequence_length, unroll, time_major)
         finals.append(s)
     return xs, tuple(finals)

@@ -56,6 +56,9 @@ def check_sequence_length(sequence_length, batch_size: int, max_time: int):
                 f"sequence_length must lie in [0, {max_time}] (the number of time steps); "
                 f"got sequence_length[{b}]={int(values[b])}."
             )
+        # Kept on the host: a NumPy constant stays concrete under jax.jit (a jnp array made
+        # there would be traced), so the trip count max(lengths) stays a Python int.
+        return values.astype(np.int32)
     return jnp.asarray(sequence_length, jnp.int32)
 
 

@@ -34,7 +34,7 @@ from ._backprop import (
     time_buffer,
     zeros_like,
 )
-from ._memory import StoreAll, check_budget, plan_memory, resolve_memory
+from ._memory import CheckpointEvery, StoreAll, check_budget, plan_memory, resolve_memory
 from ._residuals import StepResiduals, nbytes, shapes_of
 
 __all__ = ["trip_count", "run_loop", "Converted", "convert_step"]
@@ -189,9 +189,19 @@ def _scan_loop(conv: Converted, state, xs, n: int, unroll: int):
     return final, ys
 
 
+#: Steps per segment when everything is to be stored but the trip count is traced (see _run).
+EXIT_CHUNK = 64
+
+
 def _run(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool):
-    if isinstance(n, int) and isinstance(strategy, StoreAll) and not swap:
-        return _scan_loop(conv, state, xs, n, unroll)
+    if isinstance(strategy, StoreAll) and not swap:
+        if isinstance(n, int):
+            return _scan_loop(conv, state, xs, n, unroll)
+        # A traced trip count: buffers of every step's values would be sized by the padded T
+        # (allocated and cleared at every call, however short the batch). Store one segment
+        # of EXIT_CHUNK steps at a time instead, recomputing it in the backward pass.
+        time = tree_leaves(xs)[0].shape[0]
+        strategy = CheckpointEvery(min(EXIT_CHUNK, time))
     return _custom_loop(conv, strategy, state, xs, jnp.asarray(n, jnp.int32), unroll, swap)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._lengths import check_sequence_length, reverse_sequence
 from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
@@ -99,7 +100,7 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     # With concrete lengths TF1 skips the cell past the longest row; do the same.
     n_run = len(xs)
     if sequence_length is not None and not isinstance(sequence_length, jax.core.Tracer):
-        n_run = int(jnp.max(sequence_length)) if batch else 0
+        n_run = int(np.max(sequence_length, initial=0))
     outputs = []
     for t, x in enumerate(xs[:n_run]):
         with jax.named_scope(f"step_{t}"):

@@ -20,7 +20,8 @@ Forward-mode autodiff (``jax.jvp``) and ``jax.vmap`` work too. ``sequence_length
 contract exactly as the generic path does (outputs zero past a row's length, state copied
 through), and the loops stop at ``max(sequence_length)``. With concrete lengths every loop runs
 that many steps. With traced ones (under ``jax.jit``) that number is unknown when XLA sizes its
-buffers, so the layer runs in chunks of :data:`EXIT_CHUNK` steps (:func:`_chunked`): forward,
+buffers, so the layer runs in chunks of :data:`EXIT_CHUNK` steps (:func:`_chunked`; a sequence
+of at most one chunk runs all its steps, masked, as with concrete lengths): forward,
 chunk after chunk until the longest row ends, keeping the state at each chunk's start; backward,
 chunk after chunk in reverse, recomputing one chunk's forward pass and differentiating it as
 above. Work and scratch memory follow the longest row (rounded up to a chunk), not the padded
@@ -369,6 +370,8 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
     kernel = kernel_for(cell)
     in_p, rec = kernel.params(cell)
     first = _project_first(in_p[0])
+    if not isinstance(n, (int, np.integer)) and time <= EXIT_CHUNK:
+        n = time  # one chunk at most: run every step, masked, without recomputation
     if isinstance(n, (int, np.integer)):
         n = int(n)
         if n == 0:  # every row has length 0: zero outputs, the initial state

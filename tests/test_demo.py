@@ -148,3 +148,19 @@ def test_measure_tradeoff_errors():
         measure_tradeoff((2,), cell="lstm")
     with pytest.raises(ValueError, match="progress must be 'auto', 'rich', 'plain' or 'none'"):
         measure_tradeoff((2,), progress="bar")
+
+
+def test_task_bar_modes(monkeypatch):
+    """The shared progress bar of demo and bench: a rich bar when asked for, none otherwise."""
+    import io
+
+    from rich.progress import Progress
+
+    from recurrax._progress import task_bar
+
+    assert isinstance(task_bar("rich"), Progress)
+    assert task_bar("plain") is None and task_bar("none") is None
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: "auto" means no bar
+    assert task_bar("auto") is None
+    with pytest.raises(ValueError, match="progress must be 'auto', 'rich', 'plain' or 'none'"):
+        task_bar("bars")

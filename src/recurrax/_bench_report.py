@@ -24,6 +24,7 @@ import sys
 import numpy as np
 
 from ._bench import CELLS, GRID, IMPLS, MODES, QUICK_GRID, run_bench
+from ._progress import task_bar
 
 __all__ = ["add_bench_arguments", "run_bench_cli", "summarize", "markdown", "plot_ratios"]
 
@@ -110,6 +111,13 @@ def _fmt(x, spec=".2f", none="-") -> str:
     return none if x is None else format(x, spec)
 
 
+def _malloc_settings() -> str:
+    """glibc's allocator settings from the environment (they change host-side speed: see the
+    README, "Speed on CPU: the allocator")."""
+    tuned = sorted(f"`{k}={v}`" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    return ", ".join(tuned) if tuned else "glibc defaults (no `MALLOC_*` variables set)"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     """The report: header, one table per mode, the targets."""
     out = [
@@ -117,7 +125,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         f"`{meta['command']}`, {meta['date']}, on {meta['machine']} ({meta['cores']} cores); "
         f"{meta['versions']}. Load average (1 min) {meta['load_start']:.1f} at the start, "
-        f"{meta['load_end']:.1f} at the end.",
+        f"{meta['load_end']:.1f} at the end. Allocator: {meta.get('malloc', 'default')}.",
         "",
         "Times are medians in ms; every other column is a ratio to PyTorch `nn.*` "
         f"({meta['torch_threads']} threads) in the same run (below 1 is faster). "
@@ -248,33 +256,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def _progress(mode: str):
     if mode == "none":
         return None, None
-    if mode == "rich" or (mode == "auto" and sys.stderr.isatty()):
-        try:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-        except ImportError:
-            pass
-        else:
-            bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            task = bar.add_task("starting", total=1)
+    bar = task_bar(mode)
+    if bar is not None:
+        task = bar.add_task("starting", total=1)
 
-            def update(i, n, what):
-                bar.update(task, total=n, completed=i, description=what)
+        def update(i, n, what):
+            bar.update(task, total=n, completed=i, description=what)
 
-            return update, bar
+        return update, bar
 
     def plain(i, n, what):
         print(f"[{min(i + 1, n)}/{n}] {what}", file=sys.stderr, flush=True)
@@ -305,6 +294,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         "versions": _versions(),
         "torch_threads": os.cpu_count(),
         "load_start": os.getloadavg()[0],
+        "malloc": _malloc_settings(),
     }
     update, bar = _progress(args.progress)
     if bar is not None:

@@ -16,6 +16,7 @@ import numpy as np
 from ._cells import BasicLSTMCell, BasicRNNCell, GRUCell
 from ._dynamic import dynamic_rnn
 from ._inspect import ProgramReport, inspect_program
+from ._progress import task_bar
 from ._static import static_rnn
 
 __all__ = [
@@ -113,33 +114,11 @@ class _Progress:
     """Progress on stderr: a rich bar on a terminal when rich is installed, else plain lines."""
 
     def __init__(self, total: int, mode: str):
-        if mode not in ("auto", "rich", "plain", "none"):
-            raise ValueError(f"progress must be 'auto', 'rich', 'plain' or 'none'; got {mode!r}.")
-        self.total, self.done, self.bar = total, 0, None
-        self.mode = "none" if mode == "none" else "plain"
-        if mode == "rich" or (mode == "auto" and sys.stderr.isatty()):
-            try:
-                from rich.console import Console
-                from rich.progress import (
-                    BarColumn,
-                    MofNCompleteColumn,
-                    Progress,
-                    TextColumn,
-                    TimeElapsedColumn,
-                )
-            except ImportError:
-                pass
-            else:
-                self.bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=Console(stderr=True),
-                    transient=True,
-                )
-                self.task = self.bar.add_task("measuring", total=total)
-                self.mode = "rich"
+        self.total, self.done = total, 0
+        self.bar = task_bar(mode)
+        self.mode = "rich" if self.bar is not None else "none" if mode == "none" else "plain"
+        if self.bar is not None:
+            self.task = self.bar.add_task("measuring", total=total)
 
     def __enter__(self):
         if self.bar is not None:

@@ -1,12 +1,47 @@
-"""Reporting a training run: a live progress bar (rich), plain lines, and the loss/metric plot."""
+"""Progress on the terminal: the task bar of ``recurrax demo`` and ``recurrax bench``; the
+training run's live bar (rich) or plain lines, and its loss/metric plot."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
 
-__all__ = ["make_reporter", "plot_history"]
+__all__ = ["task_bar", "make_reporter", "plot_history"]
+
+
+def task_bar(mode: str):
+    """A rich bar on stderr (description, bar, done/total, time elapsed) or ``None``.
+
+    ``mode``: ``"rich"`` (a bar if rich is installed), ``"auto"`` (a bar if rich is installed
+    and stderr is a terminal), ``"plain"`` or ``"none"`` (no bar: the caller prints lines or
+    nothing). The bar is transient: it disappears when its ``with`` block ends.
+    """
+    if mode not in ("auto", "rich", "plain", "none"):
+        raise ValueError(f"progress must be 'auto', 'rich', 'plain' or 'none'; got {mode!r}.")
+    if mode not in ("rich", "auto") or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+    try:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+    except ImportError:
+        return None
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
 
 _REFRESH_STEPS = 10  # read the latest loss back from the device this often (it syncs)
 

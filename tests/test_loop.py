@@ -3,7 +3,9 @@
 Values are checked against the NumPy reference of TF1's contract, gradients against a plain
 ``lax.scan`` over all ``T`` steps (XLA's own autodiff, no early exit), in float64. That the loop
 really stops at ``max(sequence_length)`` is checked by counting the cell's calls with a host
-callback, so a loop that ran all ``T`` steps and masked them would fail.
+callback, so a loop that ran all ``T`` steps and masked them would fail. With traced lengths
+the loop reads and writes batch-major arrays in place: checked by values and gradients in both
+layouts and by the absence of sequence-sized transposes in the traced programs.
 """
 
 import functools
@@ -340,6 +342,136 @@ def test_run_loop_reference_loop():
         assert_tree_close(engine(0.7, jnp.int32(n)), python_loop(0.7, n), 1e-12, 1e-13)
         want = jax.grad(lambda a, n=n: jnp.sum(python_loop(a, n)[0] ** 2))(0.7)
         np.testing.assert_allclose(grad(0.7, jnp.int32(n)), want, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# The caller's layout: with a traced trip count the loops read and write batch-major arrays in
+# place (no transposes of the whole padded sequence), forward and backward.
+
+MEMORIES = ["store", "recompute", recurrax.CheckpointEvery(3), recurrax.Revolve(2)]
+
+
+@pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
+@pytest.mark.parametrize("memory", MEMORIES, ids=str)
+def test_layouts_with_traced_lengths_equal_full_scan(memory, time_major, monkeypatch):
+    """Values and gradients (weights, initial state, inputs) in either layout, every strategy,
+    equal the plain ``lax.scan``'s; inputs past each row's length get exactly zero gradient."""
+    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 4)  # "store": segments of 4 and 3 steps
+    cell = make_cell("user", F)
+    x = jnp.asarray(inputs() if not time_major else inputs().swapaxes(0, 1))
+    s0 = initial_state(cell)
+    to_tm = (lambda a: a) if time_major else (lambda a: jnp.swapaxes(a, 0, 1))
+
+    def run(cell, x, s0, lengths, engine):
+        if engine:
+            return recurrax.dynamic_rnn(
+                cell, x, lengths, s0, time_major=time_major, memory=memory, unroll=2
+            )
+        outs, state = scan_rnn(cell, to_tm(x), s0, lengths)
+        return to_tm(outs), state  # back to the caller's layout
+
+    def values_and_grads(args, lengths, engine):
+        grads = jax.grad(lambda a: probe_loss(*run(*a, lengths, engine)))(args)
+        return run(*args, lengths, engine), grads
+
+    got_fn = jax.jit(lambda a, n: values_and_grads(a, n, True), compiler_options=FAST)
+    want_fn = jax.jit(lambda a, n: values_and_grads(a, n, False), compiler_options=FAST)
+    for name in ["mixed", "short", "full"]:
+        lengths = jnp.array(PATTERNS[name])
+        (out, state), grads = got_fn((cell, x, s0), lengths)
+        (want_out, want_state), want_grads = want_fn((cell, x, s0), lengths)
+        assert out.shape == x.shape[:2] + (4,)
+        assert_tree_close((out, state), (want_out, want_state), 1e-10, 1e-12)
+        assert_tree_close(grads, want_grads, 1e-10, 1e-12)
+        dx = np.asarray(to_tm(grads[1]))  # (T, B, F)
+        for b, n in enumerate(PATTERNS[name]):
+            np.testing.assert_array_equal(dx[n:, b], 0.0)
+            assert n == 0 or np.abs(dx[:n, b]).min() > 0, (name, b)
+        assert all(np.abs(g).max() > 0 for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_run_loop_batch_major_pytrees():
+    """Every leaf of batch-major inputs and outputs is read and written along its time axis:
+    values and gradients of a step over two input leaves with two outputs, against a Python
+    loop, with a traced trip count."""
+    rng = np.random.default_rng(3)
+    xs = {"a": jnp.asarray(rng.standard_normal((2, 6, 3))), "b": jnp.asarray(rng.random((2, 6)))}
+    s0 = jnp.asarray(rng.standard_normal((2, 3)))
+
+    def step(s, x, t):
+        h = jnp.tanh(s * 0.8 + x["a"] * x["b"][:, None] + 0.1 * t)
+        return h, (h, jnp.sum(h, axis=1) * x["b"])
+
+    def python_loop(s0, xs, n):
+        s, ys = s0, ([], [])
+        for t in range(6):
+            x = {"a": xs["a"][:, t], "b": xs["b"][:, t]}
+            new, y = step(s, x, t)
+            zero = t >= n
+            s = s if zero else new
+            for buf, leaf in zip(ys, y):
+                buf.append(jnp.zeros_like(leaf) if zero else leaf)
+        return s, tuple(jnp.stack(buf, axis=1) for buf in ys)  # batch-major
+
+    def loss(run, s0, xs, n):
+        final, (y1, y2) = run(s0, xs, n)
+        return probe_loss((y1, y2), final)
+
+    for memory in ["recompute", recurrax.Revolve(2)]:
+
+        def engine(s0, xs, n, memory=memory):
+            return run_loop(step, s0, xs, length=n, memory=memory, unroll=4, time_major=False)
+
+        grad = jax.value_and_grad(lambda s, x, n: loss(engine, s, x, n), (0, 1))
+        got = jax.jit(grad, compiler_options=FAST)
+        values = jax.jit(engine, compiler_options=FAST)
+        for n in (0, 4, 6):
+            final, ys = values(s0, xs, jnp.int32(n))
+            assert ys[0].shape == (2, 6, 3) and ys[1].shape == (2, 6)
+            assert_tree_close((final, ys), python_loop(s0, xs, n), 1e-12, 1e-13)
+            want = jax.value_and_grad(lambda s, x, n=n: loss(python_loop, s, x, n), (0, 1))
+            assert_tree_close(got(s0, xs, jnp.int32(n)), want(s0, xs), 1e-10, 1e-12)
+
+
+def _transposed_shapes(jaxpr, found=None):
+    """Operand shapes of every ``transpose`` in ``jaxpr`` and the programs nested in it."""
+    found = [] if found is None else found
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "transpose":
+            found.append(eqn.invars[0].aval.shape)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    _transposed_shapes(sub.jaxpr, found)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    _transposed_shapes(sub, found)
+    return found
+
+
+@pytest.mark.parametrize("memory", ["store", "recompute"])
+def test_batch_major_traced_lengths_transpose_nothing_sequence_sized(memory):
+    """With traced lengths, neither the forward nor the gradient program transposes an array
+    of the whole sequence ([B, T, ...] or [T, B, ...]); with concrete lengths and the default
+    strategy (a lax.scan over time-major arrays) the inputs are transposed, which this check
+    finds."""
+    cell = make_cell("user", F)
+    x = jnp.asarray(inputs())  # (B, T, F)
+
+    def forward(cell, x, lengths, memory=memory):
+        return recurrax.dynamic_rnn(cell, x, lengths, dtype=jnp.float64, memory=memory)
+
+    def gradient(cell, x, lengths):
+        return jax.grad(lambda c, x: probe_loss(*forward(c, x, lengths)), (0, 1))(cell, x)
+
+    def sequence_sized(fn, lengths):
+        shapes = _transposed_shapes(jax.make_jaxpr(fn)(cell, x, lengths).jaxpr)
+        return [s for s in shapes if len(s) == 3 and s[:2] in ((B, T), (T, B))]
+
+    traced = jnp.array(PATTERNS["mixed"])
+    assert sequence_sized(forward, traced) == []
+    assert sequence_sized(gradient, traced) == []
+    scan = lambda c, x, _: forward(c, x, np.array(PATTERNS["mixed"]), memory="store")
+    assert (B, T, F) in sequence_sized(scan, traced)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,11 @@ Every loop runs steps ``[0, n)`` only, ``n`` possibly traced; forwards write the
 return what they save, backwards run the same steps in reverse, accumulating the weights'
 cotangents and writing each step's input cotangent. ``g(p, fixed, s, x, t) -> (s, y)`` is the
 step with the weights being differentiated in ``p`` and everything else in ``fixed``.
+
+The caller's arrays (the inputs, the outputs and their cotangents) keep the caller's layout:
+:class:`Loop` reads and writes step ``t`` along their time axis (0 time-major, 1 batch-major)
+in place, so nothing the size of the padded sequence is transposed. The buffers a strategy
+keeps for itself (stored residuals, checkpointed states) are time-major.
 Trip counts may be traced, so ``unroll`` steps run per iteration of a main loop and a second
 loop runs the remainder: no step ever runs past ``n``.
 """
@@ -60,21 +65,25 @@ def fori(lo, hi, body, carry, unroll: int = 1, reverse: bool = False):
     return carry
 
 
-def at_time(tree, t):
-    """Step ``t`` of every ``[T, ...]`` leaf."""
-    return tree_map(lambda a: lax.dynamic_index_in_dim(a, t, 0, keepdims=False), tree)
+def at_time(tree, t, axis: int = 0):
+    """Step ``t`` of every leaf whose time runs along ``axis`` (``[T, ...]`` by default)."""
+    return tree_map(lambda a: lax.dynamic_index_in_dim(a, t, axis, keepdims=False), tree)
 
 
-def set_time(tree, values, t):
-    """Every ``[T, ...]`` leaf with step ``t`` replaced by the matching leaf of ``values``."""
+def set_time(tree, values, t, axis: int = 0):
+    """Every leaf (time along ``axis``) with step ``t`` replaced by the matching leaf of
+    ``values``, in place."""
     return tree_map(
-        lambda a, v: lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), t, 0), tree, values
+        lambda a, v: lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), t, axis), tree, values
     )
 
 
-def time_buffer(shapes, length: int, host: bool = False):
-    """Zeros ``[length, *shape]`` per leaf, in pinned host memory when ``host``."""
-    bufs = tree_map(lambda s: jnp.zeros((length, *s.shape), s.dtype), shapes)
+def time_buffer(shapes, length: int, host: bool = False, axis: int = 0):
+    """Zeros per leaf with a time axis of ``length`` inserted at ``axis`` (``[length, *shape]``
+    by default), in pinned host memory when ``host``."""
+    bufs = tree_map(
+        lambda s: jnp.zeros((*s.shape[:axis], length, *s.shape[axis:]), s.dtype), shapes
+    )
     return _to_host(bufs) if host else bufs
 
 
@@ -111,8 +120,11 @@ def merge(mask, yes, no):
 
 
 class Loop(NamedTuple):
-    """One loop to run: the step ``g``, the inputs ``xs [T, ...]``, the trip count ``n``
-    (int32, maybe traced), ``time = T``, ``unroll`` and whether saved values go to the host."""
+    """One loop to run: the step ``g``, the inputs ``xs``, the trip count ``n`` (int32, maybe
+    traced), ``time = T``, ``unroll``, whether saved values go to the host and ``axis``, the
+    time axis of the caller's arrays: ``xs``, the outputs and their cotangents are
+    ``[T, B, ...]`` with ``axis=0`` and ``[B, T, ...]`` with ``axis=1``, read and written one
+    step at a time in that layout."""
 
     g: Any
     xs: Any
@@ -120,54 +132,63 @@ class Loop(NamedTuple):
     time: int
     unroll: int
     swap: bool
+    axis: int = 0
+
+    def x(self, t):
+        """The input of step ``t``."""
+        return at_time(self.xs, t, self.axis)
+
+    def put(self, buf, values, t):
+        """``buf`` (the outputs, or the inputs' cotangents) with step ``t`` set to ``values``."""
+        return set_time(buf, values, t, self.axis)
 
     def run(self, p, fixed, s, lo, hi, ys=None):
         """Advance ``s`` over ``[lo, hi)``, writing outputs into ``ys`` when given."""
 
         def body(t, c):
             s, ys = c
-            new, y = self.g(p, fixed, s, at_time(self.xs, t), t)
-            return new, (None if ys is None else set_time(ys, y, t))
+            new, y = self.g(p, fixed, s, self.x(t), t)
+            return new, (None if ys is None else self.put(ys, y, t))
 
         return fori(lo, hi, body, (s, ys), self.unroll)
 
     def vjp(self, p, fixed, s, t, cts):
         """``(ct_p, ct_s, ct_x)`` of step ``t`` from state ``s``, recomputing its internals."""
-        _, pull = jax.vjp(lambda p, s, x: self.g(p, fixed, s, x, t), p, s, at_time(self.xs, t))
+        _, pull = jax.vjp(lambda p, s, x: self.g(p, fixed, s, x, t), p, s, self.x(t))
         return pull(cts)
 
 
-def _reverse_step(c, t, grads, ct_xs_wanted):
+def _reverse_step(L: Loop, c, t, grads, ct_xs_wanted):
     """Fold one step's ``(ct_p, ct_s, ct_x)`` into the reverse carry ``(ct_s, ct_p, ct_xs)``."""
     dp, ds, dx = grads
     _, ct_p, ct_xs = c
-    return ds, _add(ct_p, dp), (set_time(ct_xs, dx, t) if ct_xs_wanted else ct_xs)
+    return ds, _add(ct_p, dp), (L.put(ct_xs, dx, t) if ct_xs_wanted else ct_xs)
 
 
-# StoreAll: every step's residuals in [T, ...] buffers (the loop-invariant ones once).
+# StoreAll: every step's residuals in time-major [T, ...] buffers (the loop-invariant ones once).
 
 
 def _store_forward(L: Loop, p, fixed, s, ys):
-    R = StepResiduals(L.g, p, fixed, s, at_time(L.xs, 0))
+    R = StepResiduals(L.g, p, fixed, s, L.x(0))
     bufs = time_buffer(R.stored, L.time, L.swap)
 
     def body(t, c):
         s, ys, bufs = c
-        s, y, stored = R.forward(p, fixed, s, at_time(L.xs, t), t)
-        return s, set_time(ys, y, t), set_time(bufs, _to_host(stored) if L.swap else stored, t)
+        s, y, stored = R.forward(p, fixed, s, L.x(t), t)
+        return s, L.put(ys, y, t), set_time(bufs, _to_host(stored) if L.swap else stored, t)
 
     s_final, ys, bufs = fori(0, L.n, body, (s, ys, bufs), L.unroll)
-    return s_final, ys, (R.invariant(p, fixed, s, at_time(L.xs, 0)), bufs)
+    return s_final, ys, (R.invariant(p, fixed, s, L.x(0)), bufs)
 
 
 def _store_backward(L: Loop, p, fixed, s0, saved, carry, ct_y, want_dx):
-    R = StepResiduals(L.g, p, fixed, s0, at_time(L.xs, 0))
+    R = StepResiduals(L.g, p, fixed, s0, L.x(0))
     invariant, bufs = saved
 
     def body(t, c):
         stored = _to_device(at_time(bufs, t), L.swap)
-        grads = R.backward(invariant, stored, at_time(L.xs, t), t, (c[0], ct_y(t)))
-        return _reverse_step(c, t, grads, want_dx)
+        grads = R.backward(invariant, stored, L.x(t), t, (c[0], ct_y(t)))
+        return _reverse_step(L, c, t, grads, want_dx)
 
     return fori(0, L.n, body, carry, L.unroll, reverse=True)
 
@@ -181,8 +202,8 @@ def _recompute_forward(L: Loop, p, fixed, s, ys):
     def body(t, c):
         s, ys, states = c
         states = set_time(states, _to_host(s) if L.swap else s, t)
-        new, y = L.g(p, fixed, s, at_time(L.xs, t), t)
-        return new, set_time(ys, y, t), states
+        new, y = L.g(p, fixed, s, L.x(t), t)
+        return new, L.put(ys, y, t), states
 
     s_final, ys, states = fori(0, L.n, body, (s, ys, states), L.unroll)
     return s_final, ys, states
@@ -191,7 +212,7 @@ def _recompute_forward(L: Loop, p, fixed, s, ys):
 def _recompute_backward(L: Loop, p, fixed, s0, states, carry, ct_y, want_dx):
     def body(t, c):
         s = _to_device(at_time(states, t), L.swap)
-        return _reverse_step(c, t, L.vjp(p, fixed, s, t, (c[0], ct_y(t))), want_dx)
+        return _reverse_step(L, c, t, L.vjp(p, fixed, s, t, (c[0], ct_y(t))), want_dx)
 
     return fori(0, L.n, body, carry, L.unroll, reverse=True)
 
@@ -207,15 +228,15 @@ def _segments_forward(L: Loop, p, fixed, s, ys, every: int):
     def body(t, c):
         s, ys, ckpts = c
         ckpts = lax.cond(t % every == 0, lambda k: _keep(k, s, t // every, L.swap), _same, ckpts)
-        new, y = L.g(p, fixed, s, at_time(L.xs, t), t)
-        return new, set_time(ys, y, t), ckpts
+        new, y = L.g(p, fixed, s, L.x(t), t)
+        return new, L.put(ys, y, t), ckpts
 
     return fori(0, L.n, body, (s, ys, ckpts), L.unroll)
 
 
 def _segments_backward(L: Loop, p, fixed, s0, ckpts, carry, ct_y, want_dx, every: int):
-    R = StepResiduals(L.g, p, fixed, s0, at_time(L.xs, 0))
-    invariant = R.invariant(p, fixed, s0, at_time(L.xs, 0))
+    R = StepResiduals(L.g, p, fixed, s0, L.x(0))
+    invariant = R.invariant(p, fixed, s0, L.x(0))
 
     def segment(i, c):
         lo = i * every
@@ -223,7 +244,7 @@ def _segments_backward(L: Loop, p, fixed, s0, ckpts, carry, ct_y, want_dx, every
 
         def store(t, cc):  # recompute the segment, keeping its residuals (on device)
             s, local = cc
-            s, _, stored = R.forward(p, fixed, s, at_time(L.xs, t), t)
+            s, _, stored = R.forward(p, fixed, s, L.x(t), t)
             return s, set_time(local, stored, t - lo)
 
         s = _to_device(at_time(ckpts, i), L.swap)
@@ -231,8 +252,8 @@ def _segments_backward(L: Loop, p, fixed, s0, ckpts, carry, ct_y, want_dx, every
 
         def back(t, cc):
             stored = at_time(local, t - lo)
-            grads = R.backward(invariant, stored, at_time(L.xs, t), t, (cc[0], ct_y(t)))
-            return _reverse_step(cc, t, grads, want_dx)
+            grads = R.backward(invariant, stored, L.x(t), t, (cc[0], ct_y(t)))
+            return _reverse_step(L, cc, t, grads, want_dx)
 
         return fori(lo, hi, back, c, L.unroll, reverse=True)
 
@@ -267,8 +288,8 @@ def _revolve_forward(L: Loop, p, fixed, s, ys, checkpoints: int):
 
         slots, idx, top, _ = lax.cond(t == nxt, take, lambda c: c, (slots, idx, top, nxt))
         nxt = jnp.where(t == nxt, next_checkpoint(t, top), nxt)
-        new, y = L.g(p, fixed, s, at_time(L.xs, t), t)
-        return new, set_time(ys, y, t), slots, idx, top, nxt
+        new, y = L.g(p, fixed, s, L.x(t), t)
+        return new, L.put(ys, y, t), slots, idx, top, nxt
 
     init = (s, ys, slots, idx, jnp.int32(0), next_checkpoint(jnp.int32(0), jnp.int32(0)))
     s, ys, slots, idx, top, _ = fori(0, L.n, body, init, L.unroll)
@@ -296,7 +317,7 @@ def _revolve_backward(L: Loop, p, fixed, s0, saved, carry, ct_y, want_dx, checkp
         def reverse(_):
             grads = L.vjp(p, fixed, s, hi - 1, (rev[0], ct_y(hi - 1)))
             new_top = jnp.where(target == lo, jnp.maximum(top - 1, 0), top)
-            return hi - 1, new_top, slots, idx, _reverse_step(rev, hi - 1, grads, want_dx)
+            return hi - 1, new_top, slots, idx, _reverse_step(L, rev, hi - 1, grads, want_dx)
 
         return lax.cond(push, take, reverse, None)
 
@@ -310,6 +331,7 @@ def strategy_fns(strategy):
     ``forward(L, p, fixed, s0, ys) -> (final_state, ys, saved)``;
     ``backward(L, p, fixed, s0, saved, (ct_final, zeros_p, ct_xs), ct_y, want_dx)
     -> (ct_s0, ct_p, ct_xs)`` where ``ct_y(t)`` is the cotangent of step ``t``'s output.
+    ``ys`` and ``ct_xs`` are in the caller's layout (time along ``L.axis``).
     """
     if isinstance(strategy, StoreAll):
         return _store_forward, _store_backward

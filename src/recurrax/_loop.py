@@ -5,8 +5,12 @@
 under ``jax.jit``). ``lax.while_loop`` has no reverse-mode rule, so the loop carries a
 ``jax.custom_vjp`` whose backward pass is a reverse loop over the same ``n`` steps; what it
 saves for that pass is the memory strategy's choice (``_memory.py``, loops in
-``_backprop.py``). With a static trip count, the default strategy and no swapping, the loop is
-a plain ``lax.scan`` (XLA's own autodiff).
+``_backprop.py``). That loop reads each step's inputs, and writes each step's outputs (and, in
+the backward pass, reads their cotangents and writes the inputs' cotangents) along the caller's
+time axis, in place: batch-major arrays are not transposed, so a sequence padded far beyond
+``n`` costs no work proportional to its padded length. With a static trip count, the default
+strategy and no swapping, the loop is a plain ``lax.scan`` (XLA's own autodiff) over the first
+``n`` steps, on time-major arrays (batch-major ones are transposed for it).
 
 The step is closure-converted first (``jax.make_jaxpr``): every traced value it closes over (a
 cell's weights under ``jax.jit`` or ``jax.grad``, traced sequence lengths) becomes an explicit
@@ -104,9 +108,13 @@ def convert_step(step, state, x_t, hoist_all: bool = False) -> Converted:
     return Converted(fn, hoisted, shapes[1], str(closed.jaxpr))
 
 
-def _custom_loop(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool):
-    """``(final_state, ys)`` through a custom VJP; ``n`` is an int32 scalar, maybe traced."""
-    time = tree_leaves(xs)[0].shape[0]
+def _custom_loop(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool, axis: int):
+    """``(final_state, ys)`` through a custom VJP; ``n`` is an int32 scalar, maybe traced.
+
+    Time runs along ``axis`` of ``xs`` and of the returned ``ys`` (0 time-major, 1 batch-major);
+    the loops read and write one step at a time in that layout, as they do the cotangents.
+    """
+    time = tree_leaves(xs)[0].shape[axis]
     floats = [jnp.issubdtype(jnp.result_type(c), jnp.inexact) for c in conv.consts]
     dc = [c for c, f in zip(conv.consts, floats) if f]
     nc = [c for c, f in zip(conv.consts, floats) if not f]
@@ -118,10 +126,10 @@ def _custom_loop(conv: Converted, strategy, state, xs, n, unroll: int, swap: boo
         def g(p, fixed, s, x, t):
             return conv.fn(merge(floats, merge(pert, p, fixed[0]), fixed[1]), s, x, t)
 
-        return Loop(g, xs, n, time, unroll, swap)
+        return Loop(g, xs, n, time, unroll, swap, axis)
 
     def ys_buffer():
-        return time_buffer(conv.y_shapes, time)
+        return time_buffer(conv.y_shapes, time, axis=axis)
 
     @jax.custom_vjp
     def loop(dc, nc, state, xs, n):
@@ -155,7 +163,9 @@ def _custom_loop(conv: Converted, strategy, state, xs, n, unroll: int, swap: boo
         def ct_y(t):
             return tree_map(
                 lambda c, s: (
-                    jnp.zeros(s.shape, s.dtype) if isinstance(c, SymbolicZero) else at_time(c, t)
+                    jnp.zeros(s.shape, s.dtype)
+                    if isinstance(c, SymbolicZero)
+                    else at_time(c, t, axis)
                 ),
                 ct_ys,
                 conv.y_shapes,
@@ -193,16 +203,19 @@ def _scan_loop(conv: Converted, state, xs, n: int, unroll: int):
 EXIT_CHUNK = 64
 
 
-def _run(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool):
+def _run(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool, axis: int):
+    """``(final_state, ys)``, time along ``axis`` of ``xs`` and ``ys``."""
     if isinstance(strategy, StoreAll) and not swap:
         if isinstance(n, int):
-            return _scan_loop(conv, state, xs, n, unroll)
+            final, ys = _scan_loop(conv, state, _time_first(xs, axis), n, unroll)
+            return final, _time_first(ys, axis)
         # A traced trip count: buffers of every step's values would be sized by the padded T
         # (allocated and cleared at every call, however short the batch). Store one segment
         # of EXIT_CHUNK steps at a time instead, recomputing it in the backward pass.
-        time = tree_leaves(xs)[0].shape[0]
+        time = tree_leaves(xs)[0].shape[axis]
         strategy = CheckpointEvery(min(EXIT_CHUNK, time))
-    return _custom_loop(conv, strategy, state, xs, jnp.asarray(n, jnp.int32), unroll, swap)
+    n = jnp.asarray(n, jnp.int32)
+    return _custom_loop(conv, strategy, state, xs, n, unroll, swap, axis)
 
 
 def _check_unroll(unroll) -> int:
@@ -225,8 +238,9 @@ def _check_host_memory() -> None:
         )
 
 
-def _time_first(tree, time_major: bool):
-    return tree if time_major else tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+def _time_first(tree, axis: int):
+    """Time-major leaves from leaves with time along ``axis`` (0 or 1), and back."""
+    return tree if axis == 0 else tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
 def run_loop(
@@ -286,16 +300,15 @@ def run_loop(
                 f"pass memory or memory_budget, not both: memory={memory!r} fixes the strategy "
                 f"and memory_budget={memory_budget} asks for one to be chosen."
             )
-    xs_t = _time_first(xs, time_major)
-    time = tree_leaves(xs_t)[0].shape[0]
+    axis = 0 if time_major else 1
+    time = tree_leaves(xs)[0].shape[axis]
     n = time if length is None else length
     if isinstance(n, (int, np.integer)):
         n = min(max(int(n), 0), time)
     if memory_budget is not None:
-        strategy = _plan(step, state, xs, n, unroll, swap_memory, memory_budget, time_major)
-    conv = convert_step(step, state, at_time(xs_t, 0))
-    final, ys = _run(conv, strategy, state, xs_t, n, unroll, swap_memory)
-    return final, _time_first(ys, time_major)
+        strategy = _plan(step, state, xs, n, unroll, swap_memory, memory_budget, axis)
+    conv = convert_step(step, state, at_time(xs, 0, axis))
+    return _run(conv, strategy, state, xs, n, unroll, swap_memory, axis)
 
 
 _PLANS: dict = {}  # (program, shapes, options, budget) -> strategy
@@ -304,30 +317,30 @@ _CACHE_SIZE = 256  # entries of each; both are emptied when one is full
 _QUICK = {"xla_backend_optimization_level": 0}
 
 
-def _plan(step, state, xs, n, unroll, swap, budget, time_major):
+def _plan(step, state, xs, n, unroll, swap, budget, axis: int):
     """The strategy :func:`plan_memory` picks for this loop, cached per program and budget.
 
     The gradient step measured is the loop's VJP compiled on its own: weights (every array the
     step closes over), initial state, inputs and the cotangents of the outputs are arguments;
     outputs, final state and gradients are results. Its temp bytes are what the loop keeps for
     the backward pass plus its working buffers; a loss that reads the outputs adds its own.
+    Time runs along ``axis`` of ``xs``, as in the program measured.
     """
-    xs_t = _time_first(xs, time_major)
-    time = tree_leaves(xs_t)[0].shape[0]
-    conv = convert_step(step, state, at_time(xs_t, 0), hoist_all=True)
+    time = tree_leaves(xs)[0].shape[axis]
+    x0 = at_time(xs, 0, axis)
+    conv = convert_step(step, state, x0, hoist_all=True)
     traced_n = not isinstance(n, int)
     floats = [jnp.issubdtype(jnp.result_type(c), jnp.inexact) for c in conv.consts]
     dc = [c for c, f in zip(conv.consts, floats) if f]
     nc = [c for c, f in zip(conv.consts, floats) if not f]
-    out_shapes = jax.eval_shape(
-        lambda c, s, x: _run(conv._replace(consts=c), StoreAll(), s, x, time, 1, False),
+    cts = jax.eval_shape(
+        lambda c, s, x: _run(conv._replace(consts=c), StoreAll(), s, x, time, 1, False, axis),
         conv.consts,
         state,
-        xs_t,
+        xs,
     )
-    cts = (out_shapes[0], _time_first(out_shapes[1], time_major))
     args = shapes_of((dc, nc, state, xs, n if traced_n else 0, cts))
-    program = (conv.key, str(args), None if traced_n else n, unroll, swap, time_major)
+    program = (conv.key, str(args), None if traced_n else n, unroll, swap, axis)
     if max(len(_PLANS), len(_MEASURED)) >= _CACHE_SIZE:
         _PLANS.clear()
         _MEASURED.clear()
@@ -343,10 +356,7 @@ def _plan(step, state, xs, n, unroll, swap, budget, time_major):
                 def loop(dc, state, xs):
                     c = conv._replace(consts=merge(floats, dc, nc))
                     length = n_arg if traced_n else n
-                    final, ys = _run(
-                        c, strategy, state, _time_first(xs, time_major), length, unroll, swap
-                    )
-                    return final, _time_first(ys, time_major)
+                    return _run(c, strategy, state, xs, length, unroll, swap, axis)
 
                 outs, pull = jax.vjp(loop, dc, state, xs)
                 return outs, pull(cts)
@@ -359,7 +369,7 @@ def _plan(step, state, xs, n, unroll, swap, budget, time_major):
         def g(p, fixed, s, x, t):
             return conv.fn(merge(floats, p, fixed[1]), s, x, t)
 
-        step_bytes = StepResiduals(g, dc, ([], nc), state, at_time(xs_t, 0)).stored_bytes
+        step_bytes = StepResiduals(g, dc, ([], nc), state, x0).stored_bytes
         # The caller's program keeps a few small buffers around the loop (its initial state, say):
         # plan with a margin of two states and 1 KiB for them.
         margin = 2 * nbytes(shapes_of(state)) + 1024

@@ -249,13 +249,28 @@ def test_cell_runs_only_up_to_the_longest_row(unroll):
         n = jnp.array(lengths)
         jax.block_until_ready(run(cell, x, n))
         assert counter.take() == max(lengths)
-        # Traced lengths: values are stored one segment at a time, each segment recomputed
-        # once in the backward pass, so the cell runs max(lengths) steps twice.
+        # T <= EXIT_CHUNK: every step's values are stored, the backward pass calls no cell.
         jax.block_until_ready(grad(cell, x.astype(jnp.float64), n))
-        assert counter.take() == 2 * max(lengths)
+        assert counter.take() == max(lengths)
     bidir = jax.jit(lambda c, x, n: recurrax.bidirectional_dynamic_rnn(c, c, x, n, dtype=x.dtype))
     jax.block_until_ready(bidir(cell, x, jnp.array([0, 5, 3, 1])))
     assert counter.take() == 2 * 5
+
+
+def test_segments_past_one_chunk_are_recomputed_once(monkeypatch):
+    """T > EXIT_CHUNK with traced lengths: values are stored one segment at a time and each
+    segment is recomputed once, so the cell runs exactly max(lengths) steps forward and as many
+    again in the backward pass, whatever the padded T."""
+    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 4)
+    counter = Counter()
+    cell = CountingCell(make_cell("user", F), counter)
+    x = jnp.asarray(inputs(time=12))
+    grad = eqx.filter_jit(
+        eqx.filter_grad(lambda c, n: jnp.sum(recurrax.dynamic_rnn(c, x, n, dtype=x.dtype)[0]))
+    )
+    for lengths in ([0, 5, 3, 1], [12, 0, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]):
+        jax.block_until_ready(grad(cell, jnp.array(lengths)))
+        assert counter.take() == 2 * max(lengths)
 
 
 def test_concrete_lengths_stop_early_without_jit():

@@ -210,10 +210,11 @@ def _run(conv: Converted, strategy, state, xs, n, unroll: int, swap: bool, axis:
             final, ys = _scan_loop(conv, state, _time_first(xs, axis), n, unroll)
             return final, _time_first(ys, axis)
         # A traced trip count: buffers of every step's values would be sized by the padded T
-        # (allocated and cleared at every call, however short the batch). Store one segment
-        # of EXIT_CHUNK steps at a time instead, recomputing it in the backward pass.
-        time = tree_leaves(xs)[0].shape[axis]
-        strategy = CheckpointEvery(min(EXIT_CHUNK, time))
+        # (allocated and cleared at every call, however short the batch). Past one chunk,
+        # store one segment of EXIT_CHUNK steps at a time instead, recomputing it in the
+        # backward pass; up to one chunk, store every step (small buffers, no recomputation).
+        if tree_leaves(xs)[0].shape[axis] > EXIT_CHUNK:
+            strategy = CheckpointEvery(EXIT_CHUNK)
     n = jnp.asarray(n, jnp.int32)
     return _custom_loop(conv, strategy, state, xs, n, unroll, swap, axis)
 

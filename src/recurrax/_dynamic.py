@@ -113,7 +113,9 @@ def dynamic_rnn(
     - ``unroll``: keyword-only positive int, the steps run per iteration of the compiled loops
       (fewer loop iterations, a larger program). Same results.
     - ``memory``: keyword-only, what the backward pass keeps from the forward pass:
-      ``"store"`` (default, :class:`~recurrax.StoreAll`: every step's intermediate values),
+      ``"store"`` (default, :class:`~recurrax.StoreAll`: every step's intermediate values;
+      with traced lengths and ``T`` over 64, those of one 64-step chunk at a time, each chunk
+      recomputed once in the backward pass),
       ``"recompute"`` (:class:`~recurrax.Recompute`: the state before each step; each step's
       internals are recomputed), :class:`~recurrax.CheckpointEvery` ``(k)`` (every ``k``-th
       state; each segment of ``k`` steps is recomputed once) or :class:`~recurrax.Revolve`

@@ -8,7 +8,10 @@ saves for that pass is the memory strategy's choice (``_memory.py``, loops in
 ``_backprop.py``). That loop reads each step's inputs, and writes each step's outputs (and, in
 the backward pass, reads their cotangents and writes the inputs' cotangents) along the caller's
 time axis, in place: batch-major arrays are not transposed, so a sequence padded far beyond
-``n`` costs no work proportional to its padded length. With a static trip count, the default
+``n`` costs no work proportional to its padded length but zeroing the outputs. With a traced
+trip count and the default strategy, a loop over more than :data:`EXIT_CHUNK` steps stores
+one segment of that many steps at a time (``CheckpointEvery``) rather than buffers sized by
+the padded length (see ``_run``). With a static trip count, the default
 strategy and no swapping, the loop is a plain ``lax.scan`` (XLA's own autodiff) over the first
 ``n`` steps, on time-major arrays (batch-major ones are transposed for it).
 

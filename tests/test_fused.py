@@ -16,6 +16,7 @@ from jax.test_util import check_grads
 import recurrax
 import recurrax._dynamic as dynamic_module
 import recurrax._fused as fused_module
+import recurrax._loop as loop_module
 from recurrax._fused import supports_fused
 from reference import (
     assert_tree_close,
@@ -129,7 +130,7 @@ def test_traced_lengths_run_in_chunks(time_major, monkeypatch):
     generic path with concrete lengths (a plain lax.scan and XLA's autodiff), for losses on
     outputs and state, on the state only (no output cotangent), with and without input
     gradients."""
-    monkeypatch.setattr(fused_module, "EXIT_CHUNK", 3)
+    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 3)
     time = 10
     cell, x = cell_of("multi"), inputs(4, time=time)  # a GRU, then an LSTMCell with options
     if time_major:

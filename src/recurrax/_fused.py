@@ -20,7 +20,7 @@ Forward-mode autodiff (``jax.jvp``) and ``jax.vmap`` work too. ``sequence_length
 contract exactly as the generic path does (outputs zero past a row's length, state copied
 through), and the loops stop at ``max(sequence_length)``. With concrete lengths every loop runs
 that many steps. With traced ones (under ``jax.jit``) that number is unknown when XLA sizes its
-buffers, so the layer runs in chunks of :data:`EXIT_CHUNK` steps (:func:`_chunked`; a sequence
+buffers, so the layer runs in chunks of ``_loop.EXIT_CHUNK`` steps (:func:`_chunked`; a sequence
 of at most one chunk runs all its steps, masked, as with concrete lengths): forward,
 chunk after chunk until the longest row ends, keeping the state at each chunk's start; backward,
 chunk after chunk in reverse, recomputing one chunk's forward pass and differentiating it as
@@ -44,9 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _loop
 from ._fused_cells import kernel_for
 from ._lengths import mask_output, select_state
-from ._loop import _check_unroll, trip_count
+from ._loop import _check_unroll, _time_first, trip_count
 from ._memory import StoreAll, resolve_memory
 from ._wrappers import MultiRNNCell
 
@@ -63,10 +64,6 @@ tree_map = jax.tree_util.tree_map
 #: ``dW_x = X^T dZ`` after the loop.
 INPUT_PROJECTION = "auto"
 CPU_CACHE_BYTES = 4 * 2**20
-
-#: Steps per chunk of the early-exit loops (traced lengths): the work done past the longest row
-#: is less than one chunk, and the backward pass keeps one chunk's values at a time.
-EXIT_CHUNK = 64
 
 
 def _project_first(w_x) -> bool:
@@ -352,10 +349,6 @@ def _chunked_bwd(plan: _Plan, chunk: int, axis: int, res, cts):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 
-def _time_first(a, axis: int):
-    return a if axis == 0 else jnp.swapaxes(a, 0, 1)
-
-
 def _pad_time(a, steps: int, axis: int):
     """``a`` with ``steps`` zero steps appended along its time ``axis``."""
     pad = [(0, 0)] * a.ndim
@@ -370,7 +363,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
     kernel = kernel_for(cell)
     in_p, rec = kernel.params(cell)
     first = _project_first(in_p[0])
-    if not isinstance(n, (int, np.integer)) and time <= EXIT_CHUNK:
+    if not isinstance(n, (int, np.integer)) and time <= _loop.EXIT_CHUNK:
         n = time  # one chunk at most: run every step, masked, without recomputation
     if isinstance(n, (int, np.integer)):
         n = int(n)
@@ -388,7 +381,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
         ys, final = _layer(plan, in_p, rec, head, state, None if uniform else lengths)
         return _pad_time(_time_first(ys, axis), time - n, axis), final
     plan = _Plan(kernel, jnp.dtype(dtype), True, unroll, first)
-    chunk = min(EXIT_CHUNK, time)
+    chunk = min(_loop.EXIT_CHUNK, time)
     if time % chunk:  # whole chunks only: pad with steps that every row's length masks
         xs = _pad_time(xs, chunk - time % chunk, axis)
     ys, final = _chunked(plan, chunk, axis, in_p, rec, xs, state, lengths, n)

@@ -202,7 +202,9 @@ def _scan_loop(conv: Converted, state, xs, n: int, unroll: int):
     return final, ys
 
 
-#: Steps per segment when everything is to be stored but the trip count is traced (see _run).
+#: With a traced trip count, loops over more than this many steps keep one chunk (segment) of
+#: this many steps' values at a time, recomputing it in the backward pass: here when everything
+#: is to be stored (see _run), and in the fused path (``_fused._chunked``).
 EXIT_CHUNK = 64
 
 

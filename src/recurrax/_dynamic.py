@@ -7,7 +7,13 @@ import jax.numpy as jnp
 from ._fused import fused_dynamic_rnn, use_fused
 from ._lengths import check_sequence_length, reverse_sequence
 from ._loop import run_loop, trip_count
-from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
+from ._runner import (
+    check_cell,
+    check_feature_size,
+    masked_step,
+    resolve_directions,
+    resolve_initial_state,
+)
 
 __all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]
 
@@ -214,13 +220,8 @@ def bidirectional_dynamic_rnn(
     inputs, batch, time, features = _check_inputs(inputs, time_major)
     sequence_length = check_sequence_length(sequence_length, batch, time)
     # Checked here so that a message names the direction at fault.
-    check_feature_size(cell_fw, features, "inputs", "cell_fw")
-    check_feature_size(cell_bw, features, "inputs", "cell_bw")
-    init_fw, dtype_fw = resolve_initial_state(
-        cell_fw, initial_state_fw, dtype, batch, "initial_state_fw"
-    )
-    init_bw, dtype_bw = resolve_initial_state(
-        cell_bw, initial_state_bw, dtype, batch, "initial_state_bw"
+    (init_fw, dtype_fw), (init_bw, dtype_bw) = resolve_directions(
+        (cell_fw, cell_bw), (initial_state_fw, initial_state_bw), dtype, features, batch
     )
     t_axis, b_axis = (0, 1) if time_major else (1, 0)
     common = dict(

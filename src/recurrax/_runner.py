@@ -11,7 +11,13 @@ from ._base import _is_size_leaf, cell_dtype, check_float_dtype, size_to_str
 from ._lengths import mask_output, select_state, valid_mask
 from ._wrappers import bind_step
 
-__all__ = ["check_cell", "check_feature_size", "resolve_initial_state", "masked_step"]
+__all__ = [
+    "check_cell",
+    "check_feature_size",
+    "resolve_initial_state",
+    "resolve_directions",
+    "masked_step",
+]
 
 
 def check_cell(cell, name: str = "cell") -> None:
@@ -99,6 +105,18 @@ def resolve_initial_state(cell, initial_state, dtype, batch_size: int, name="ini
         dtype = check_float_dtype(jnp.result_type(leaves[0]), f"{name} dtype")
     leaves = [jnp.asarray(x, dtype) for x in leaves]
     return jax.tree_util.tree_unflatten(exp_def, leaves), dtype
+
+
+def resolve_directions(cells, initial_states, dtype, features: int, batch_size: int):
+    """For the bidirectional runners: check both cells' ``input_size`` against ``features`` and
+    resolve their initial states, each error naming its direction (``cell_fw``,
+    ``initial_state_bw``, ...). Returns ``((state_fw, dtype_fw), (state_bw, dtype_bw))``."""
+    for cell, name in zip(cells, ("cell_fw", "cell_bw")):
+        check_feature_size(cell, features, "inputs", name)
+    return tuple(
+        resolve_initial_state(cell, init, dtype, batch_size, f"initial_state_{d}")
+        for cell, init, d in zip(cells, initial_states, ("fw", "bw"))
+    )
 
 
 def cast_tree(tree, dtype):

@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._lengths import check_sequence_length, reverse_sequence
-from ._runner import check_cell, check_feature_size, masked_step, resolve_initial_state
+from ._runner import (
+    check_cell,
+    check_feature_size,
+    masked_step,
+    resolve_directions,
+    resolve_initial_state,
+)
 
 __all__ = ["static_rnn", "static_bidirectional_rnn"]
 
@@ -147,13 +153,8 @@ def static_bidirectional_rnn(
     xs, batch, features = _check_step_inputs(inputs)
     sequence_length = check_sequence_length(sequence_length, batch, len(xs))
     # Checked here so that a message names the direction at fault.
-    check_feature_size(cell_fw, features, "inputs", "cell_fw")
-    check_feature_size(cell_bw, features, "inputs", "cell_bw")
-    init_fw, dtype_fw = resolve_initial_state(
-        cell_fw, initial_state_fw, dtype, batch, "initial_state_fw"
-    )
-    init_bw, dtype_bw = resolve_initial_state(
-        cell_bw, initial_state_bw, dtype, batch, "initial_state_bw"
+    (init_fw, dtype_fw), (init_bw, dtype_bw) = resolve_directions(
+        (cell_fw, cell_bw), (initial_state_fw, initial_state_bw), dtype, features, batch
     )
     out_fw, state_fw = static_rnn(cell_fw, xs, init_fw, dtype_fw, sequence_length)
     reversed_xs = list(reverse_sequence(jnp.stack(xs), sequence_length))

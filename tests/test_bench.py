@@ -104,3 +104,31 @@ def test_cli_arguments():
         run_bench_cli(parser.parse_args(["--cells", "lstm,mlp"]))
     with pytest.raises(SystemExit, match=r"recurrax and torch cannot be skipped"):
         run_bench_cli(parser.parse_args(["--skip", "torch"]))
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --smoke runs the GPU script's code on CPU: the fused and generic
+    paths agree, and every cell gets a forward and a forward+backward row of positive ratios."""
+    pytest.importorskip("torch")
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "table.md"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--repeats", "3", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert float(re.search(r"max \|diff\| = (\S+)", text).group(1)) < 1e-5
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [(r[0].strip(), r[2].strip()) for r in rows] == [
+        (c, m) for c in ("rnn", "gru", "lstm") for m in ("fwd", "fwd+bwd")
+    ]
+    for r in rows:
+        assert all(float(v) > 0 for v in r[3:7]), r

@@ -4,8 +4,9 @@ For each cell (BasicRNN, GRU, LSTM) and each (B, T, I, H) of :data:`recurrax._be
 times, forward and forward+backward (gradient of ``sum(outputs)`` w.r.t. the weights), float32,
 every implementation in the same process, round-robin, medians of timed rounds after warm-up:
 
-* recurrax ``dynamic_rnn``, fused path (on GPU it projects the inputs for all steps before the
-  loop) and generic path (``fused=False``);
+* recurrax ``dynamic_rnn`` with its defaults, fused path (on GPU it projects the inputs for all
+  steps before the loop and runs 8 steps per loop iteration) and generic path (``fused=False``,
+  one step per iteration);
 * PyTorch ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN);
 * for the LSTM, ``jax.experimental.rnn.lstm`` (JAX's binding of cuDNN's LSTM).
 

@@ -25,6 +25,7 @@ import sys
 import time
 
 SHAPES = ((4, 1000, 3, 5), (32, 1000, 64, 128))
+WIDE = ((64, 200, 128, 256), (16, 100, 512, 1024))  # --wide: the grid's other shapes
 CELLS = ("gru", "lstm")
 UNROLLS = (1, 8)
 SETTINGS = {
@@ -87,10 +88,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="append the Markdown table to this file")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (a dry run, CPU or GPU)")
+    p.add_argument("--wide", action="store_true", help="the grid's wide shapes instead")
+    p.add_argument("--default-only", action="store_true", help="XLA's default setting only")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(((2, 20, 3, 5),) if args.smoke else SHAPES)
+        child(((2, 20, 3, 5),) if args.smoke else WIDE if args.wide else SHAPES)
         return 0
     lines = [
         "| XLA command buffers | cell | (B, T, I, H) | mode | cuDNN ms | unroll 1 ms | unroll 8 ms"
@@ -98,13 +101,16 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
-    for label, flag in SETTINGS.items():
+    settings = list(SETTINGS.items())[: 1 if args.default_only else None]
+    for label, flag in settings:
         env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
         if flag is not None:
             env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", *(["--smoke"] if args.smoke else [])],
+            [sys.executable, __file__, "--child"]
+            + ["--smoke"] * args.smoke
+            + ["--wide"] * args.wide,
             env=env,
             capture_output=True,
             text=True,

@@ -228,6 +228,41 @@ def test_unroll_and_batch_one_time_one():
             assert_tree_close(got, want, 1e-12, 1e-13)
 
 
+def _scan_unrolls(fn, *args) -> list[int]:
+    """``unroll`` of every scan in ``fn``'s jaxpr, nested ones included."""
+    found = []
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "scan":
+                found.append(e.params["unroll"])
+            for p in e.params.values():
+                for sub in p if isinstance(p, (tuple, list)) else (p,):
+                    if hasattr(sub, "eqns"):
+                        walk(sub)
+                    elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+                        walk(sub.jaxpr)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_default_unroll_per_backend(backend, monkeypatch):
+    """``unroll=None`` (the default): 8 steps per iteration on the fused path on a GPU, else 1;
+    the generic path keeps 1. Values do not depend on it (run here on CPU either way)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cell = cell_of("lstm")
+    x = inputs(11)
+    fused = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x)[0], x)
+    generic = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, fused=False)[0], x)
+    assert fused == [fused_module.GPU_UNROLL if backend == "gpu" else 1]
+    assert generic == [1]
+    assert _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, unroll=2)[0], x) == [2]
+    want = recurrax.dynamic_rnn(cell, x, MIXED, fused=False, unroll=1)
+    assert_tree_close(recurrax.dynamic_rnn(cell, x, MIXED), want, 1e-12, 1e-13)
+
+
 class MyGRU(recurrax.GRUCell):
     """A subclass: it may override __call__, so it keeps the generic path."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ._fused import fused_dynamic_rnn, use_fused
+from ._fused import default_unroll, fused_dynamic_rnn, use_fused
 from ._lengths import check_sequence_length, reverse_sequence
 from ._loop import run_loop, trip_count
 from ._runner import (
@@ -66,7 +66,7 @@ def dynamic_rnn(
     time_major: bool = False,
     scope=None,
     *,
-    unroll: int = 1,
+    unroll: int | None = None,
     memory="store",
     memory_budget: int | None = None,
     fused: bool | None = None,
@@ -117,7 +117,8 @@ def dynamic_rnn(
     - ``time_major``: layout of ``inputs`` and ``outputs``.
     - ``scope``: accepted for TF1 compatibility; names nothing.
     - ``unroll``: keyword-only positive int, the steps run per iteration of the compiled loops
-      (fewer loop iterations, a larger program). Same results.
+      (fewer loop iterations, a larger program), or ``None`` (default): 8 on the fused path on a
+      GPU, where each loop iteration has a fixed cost, else 1. Same results.
     - ``memory``: keyword-only, what the backward pass keeps from the forward pass:
       ``"store"`` (default, :class:`~recurrax.StoreAll`: every step's intermediate values;
       with traced lengths and ``T`` over 64, those of one 64-step chunk at a time, each chunk
@@ -162,7 +163,12 @@ def dynamic_rnn(
     check_feature_size(cell, features, "inputs")
     sequence_length = check_sequence_length(sequence_length, batch, time)
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
-    if use_fused(cell, fused, memory=memory, swap_memory=swap_memory, memory_budget=memory_budget):
+    fused = use_fused(
+        cell, fused, memory=memory, swap_memory=swap_memory, memory_budget=memory_budget
+    )
+    if unroll is None:
+        unroll = default_unroll(fused)
+    if fused:
         xs = inputs.astype(dtype)
         return fused_dynamic_rnn(cell, xs, state, dtype, sequence_length, unroll, time_major)
 
@@ -197,7 +203,7 @@ def bidirectional_dynamic_rnn(
     time_major: bool = False,
     scope=None,
     *,
-    unroll: int = 1,
+    unroll: int | None = None,
     memory="store",
     memory_budget: int | None = None,
     fused: bool | None = None,

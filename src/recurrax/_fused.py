@@ -58,9 +58,10 @@ tree_map = jax.tree_util.tree_map
 #: Where the fused path projects the inputs: ``"before_loop"`` (``XW = X @ W_x`` for all steps as
 #: one matmul, cuDNN's way), ``"in_loop"`` (``concat([x_t, h]) @ kernel`` inside each step, as
 #: the generic cell) or ``"auto"``: before the loop on GPU and TPU; on CPU in the loop unless
-#: ``W_x`` is larger than :data:`CPU_CACHE_BYTES`. On CPU, streaming the ``[T, B, G]`` array
-#: ``XW`` from memory at every step measured up to 2x slower than recomputing ``x_t @ W_x``
-#: while ``W_x`` stays in cache (README, "Speed"). The backward pass is the same either way:
+#: ``W_x`` is larger than :data:`CPU_CACHE_BYTES`. On CPU, a step reading its gates from a
+#: ``[T, B, G]`` array ``XW`` measured up to 2x slower than recomputing ``x_t @ W_x``: XLA:CPU's
+#: loop fusions are slow at static slices of a per-step dynamic slice (benchmarks/RESULTS.md,
+#: "The input projection on CPU"). The backward pass is the same either way:
 #: ``dW_x = X^T dZ`` after the loop.
 INPUT_PROJECTION = "auto"
 CPU_CACHE_BYTES = 4 * 2**20

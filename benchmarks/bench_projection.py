@@ -1,0 +1,107 @@
+"""Why the fused path projects the inputs inside each step on CPU: an LSTM step loop, five ways.
+
+One compiled ``lax.scan`` of an LSTM's step (gates ``i, j, f, o``; the forward pass only) at
+(B, T, I, H) = (32, 1000, 64, 128), float32, on JAX's CPU backend, with the input's
+contribution to the pre-activations supplied in five ways:
+
+* ``in-loop``: ``concat([x_t, h]) @ [W_x; W_h]`` in each step (the fused path's CPU default);
+* ``XW [T, B, 4H]``: ``XW = X @ W_x`` for all steps before the loop, ``xw_t + h @ W_h`` in the
+  step, the gates split from the sum;
+* ``XW cached``: the same, but the step reads one of 8 rows of ``XW`` (cycling), which stay in
+  cache: what is left is not the cost of streaming ``XW`` from memory;
+* ``four [T, B, H]``: ``XW`` computed as one array per gate, each step adding gate ``k``'s
+  slice of its own array to gate ``k``'s block of ``h @ W_h``;
+* ``no input``: ``h @ W_h`` alone (the recurrence without an input, for scale).
+
+    python benchmarks/bench_projection.py        # ~1 minute on 2 cores
+
+Prints the median of 9 round-robin rounds per variant and the ratio to ``in-loop``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from recurrax._bench import round_robin
+
+B, T, N_IN, H = 32, 1000, 64, 128
+
+
+def _lstm(zi, zj, zf, zo, c):
+    c = c * jax.nn.sigmoid(zf + 1.0) + jax.nn.sigmoid(zi) * jnp.tanh(zj)
+    return jnp.tanh(c) * jax.nn.sigmoid(zo), c
+
+
+def variants():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((T, B, N_IN)), jnp.float32)
+    w_x = jnp.asarray(0.1 * rng.standard_normal((N_IN, 4 * H)), jnp.float32)
+    w_h = jnp.asarray(0.1 * rng.standard_normal((H, 4 * H)), jnp.float32)
+    w = jnp.concatenate([w_x, w_h])
+    zero = jnp.zeros((B, H), jnp.float32)
+
+    def run(step, xs):
+        def body(s, x_t):
+            h, c = step(x_t, *s)
+            return (h, c), h
+
+        return lax.scan(body, (zero, zero), xs)[1]
+
+    def in_loop(x, w):
+        return run(
+            lambda x_t, h, c: _lstm(*jnp.split(jnp.concatenate([x_t, h], 1) @ w, 4, 1), c), x
+        )
+
+    def whole(x, w_x, w_h):
+        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        return run(lambda xw_t, h, c: _lstm(*jnp.split(xw_t + h @ w_h, 4, 1), c), xw)
+
+    def cached(x, w_x, w_h):
+        xw = (x[:8].reshape(8 * B, N_IN) @ w_x).reshape(8, B, 4 * H)
+
+        def step(t, h, c):
+            xw_t = lax.dynamic_index_in_dim(xw, t % 8, keepdims=False)
+            return _lstm(*jnp.split(xw_t + h @ w_h, 4, 1), c)
+
+        return run(step, jnp.arange(T))
+
+    def per_gate(x, w_x, w_h):
+        flat = x.reshape(T * B, N_IN)
+        xws = tuple((flat @ wk).reshape(T, B, H) for wk in jnp.split(w_x, 4, 1))
+
+        def step(xw_t, h, c):
+            return _lstm(*(a + z for a, z in zip(xw_t, jnp.split(h @ w_h, 4, 1))), c)
+
+        return run(step, xws)
+
+    def no_input(x, w_h):
+        return run(lambda t, h, c: _lstm(*jnp.split(h @ w_h, 4, 1), c), jnp.arange(T))
+
+    return {
+        "in-loop": (in_loop, (x, w)),
+        "XW [T, B, 4H]": (whole, (x, w_x, w_h)),
+        "XW cached": (cached, (x, w_x, w_h)),
+        "four [T, B, H]": (per_gate, (x, w_x, w_h)),
+        "no input": (no_input, (x, w_h)),
+    }
+
+
+def main() -> None:
+    fns = {}
+    for name, (fn, args) in variants().items():
+        compiled = jax.jit(fn).lower(*args).compile()
+        fns[name] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
+    times = round_robin(fns, repeats=9, warmup=1)
+    ref = float(np.median(times["in-loop"]))
+    print(f"LSTM step loop, (B, T, I, H) = {(B, T, N_IN, H)}, jax {jax.__version__} on CPU")
+    print("| variant | ms | / in-loop |\n|---|---|---|")
+    for name, t in times.items():
+        med = float(np.median(t))
+        print(f"| {name} | {med * 1e3:.1f} | {med / ref:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

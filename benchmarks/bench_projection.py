@@ -13,12 +13,18 @@ contribution to the pre-activations supplied in five ways:
   slice of its own array to gate ``k``'s block of ``h @ W_h``;
 * ``no input``: ``h @ W_h`` alone (the recurrence without an input, for scale).
 
-    python benchmarks/bench_projection.py        # ~1 minute on 2 cores
+    python benchmarks/bench_projection.py          # ~1 minute on 2 cores
+    python benchmarks/bench_projection.py --fused  # the fused path's two settings, whole grid
 
-Prints the median of 9 round-robin rounds per variant and the ratio to ``in-loop``.
+Prints the median of 9 round-robin rounds per variant and the ratio to ``in-loop``. With
+``--fused``, for each cell and (B, T, I, H) of the speed grid, ``dynamic_rnn``'s forward and
+forward+backward with ``recurrax._fused.INPUT_PROJECTION`` set to ``"in_loop"`` and to
+``"before_loop"``, compiled and timed in one process, and the efficiency (floor / time) of each.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +95,49 @@ def variants():
     }
 
 
+def fused_grid() -> None:
+    from recurrax import BasicLSTMCell, BasicRNNCell, GRUCell, _fused, dynamic_rnn
+    from recurrax._bench import CELLS, GRID, Case, _floor
+
+    cls = {"rnn": BasicRNNCell, "gru": GRUCell, "lstm": BasicLSTMCell}
+    print(
+        "| cell | (B, T, I, H) | mode | in the loop ms | before the loop ms | speed-up |"
+        " efficiency in -> before |\n|---|---|---|---|---|---|---|"
+    )
+    for shape in GRID:
+        fns = {}
+        for name in CELLS:
+            case = Case(name, *shape)
+            cell, x = cls[name](shape[3], shape[2], key=jax.random.key(0)), jnp.asarray(case.data())
+            for where in ("in_loop", "before_loop"):
+                _fused.INPUT_PROJECTION = where  # read when the program is traced
+                fwd = jax.jit(lambda c, x: dynamic_rnn(c, x)[0]).lower(cell, x).compile()
+                grad = jax.jit(jax.grad(lambda c, x: jnp.sum(dynamic_rnn(c, x)[0])))
+                grad = grad.lower(cell, x).compile()
+                for mode, f in (("fwd", fwd), ("fwd+bwd", grad)):
+                    fns[(name, mode, where)] = lambda f=f, c=cell, x=x: jax.block_until_ready(
+                        f(c, x)
+                    )
+            for mode, f in _floor(case).items():
+                fns[(name, mode, "floor")] = f
+        _fused.INPUT_PROJECTION = "auto"
+        med = {k: float(np.median(v)) for k, v in round_robin(fns, repeats=9, warmup=1).items()}
+        for name in CELLS:
+            for mode in ("fwd", "fwd+bwd"):
+                a, b, f = (med[(name, mode, w)] for w in ("in_loop", "before_loop", "floor"))
+                print(
+                    f"| {name} | {shape} | {mode} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x"
+                    f" | {f / a:.2f} -> {f / b:.2f} |",
+                    flush=True,
+                )
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fused", action="store_true", help="A/B the fused path over the grid")
+    if p.parse_args().fused:
+        fused_grid()
+        return
     fns = {}
     for name, (fn, args) in variants().items():
         compiled = jax.jit(fn).lower(*args).compile()

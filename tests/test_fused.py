@@ -112,6 +112,29 @@ def test_projection_before_the_loop(kind, monkeypatch):
         recurrax.dynamic_rnn(cell, x, dtype=jnp.float64)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_automatic_input_projection(backend, monkeypatch):
+    """``INPUT_PROJECTION="auto"``: before the loop off CPU; on CPU before the loop for one-gate
+    cells and for a ``W_x`` over CPU_CACHE_BYTES, else inside each step."""
+    from recurrax._fused_cells import kernel_for
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    big = fused_module.CPU_CACHE_BYTES // 4 // 12 + 1  # rows of W_x making it just too large
+    for cls, gates in (
+        (recurrax.BasicRNNCell, 1),
+        (recurrax.GRUCell, 3),
+        (recurrax.BasicLSTMCell, 4),
+    ):
+        for n_in, large in ((8, False), (big, True)):
+            cell = cls(4, n_in, key=jax.random.key(0))
+            kernel = kernel_for(cell)
+            w_x = kernel.params(cell)[0][0]
+            assert kernel.gates == gates and w_x.shape == (n_in, 4 * gates)
+            assert (w_x.size * 4 > fused_module.CPU_CACHE_BYTES) == (large and gates > 1)
+            want = backend == "gpu" or gates == 1 or (large and gates > 1)
+            assert fused_module._project_first(w_x, kernel) == want, (cls, n_in, backend)
+
+
 def test_traced_lengths_early_exit():
     """Under jax.jit the trip count max(lengths) is traced: a while loop forward, skipped steps
     backward. Lengths with T, without, and all zero; against the generic path, also traced."""

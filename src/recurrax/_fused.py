@@ -57,12 +57,14 @@ tree_map = jax.tree_util.tree_map
 
 #: Where the fused path projects the inputs: ``"before_loop"`` (``XW = X @ W_x`` for all steps as
 #: one matmul, cuDNN's way), ``"in_loop"`` (``concat([x_t, h]) @ kernel`` inside each step, as
-#: the generic cell) or ``"auto"``: before the loop on GPU and TPU; on CPU in the loop unless
-#: ``W_x`` is larger than :data:`CPU_CACHE_BYTES`. On CPU, a step reading its gates from a
+#: the generic cell) or ``"auto"``: before the loop on GPU and TPU; on CPU before the loop for
+#: a cell with one gate (``BasicRNNCell``) or where ``W_x`` is larger than
+#: :data:`CPU_CACHE_BYTES`, else in the loop. On CPU, a step reading its gates from a
 #: ``[T, B, G]`` array ``XW`` measured up to 2x slower than recomputing ``x_t @ W_x``: XLA:CPU's
-#: loop fusions are slow at static slices of a per-step dynamic slice (benchmarks/RESULTS.md,
-#: "The input projection on CPU"). The backward pass is the same either way:
-#: ``dW_x = X^T dZ`` after the loop.
+#: loop fusions are slow at static slices (the gates) of a per-step dynamic slice
+#: (benchmarks/RESULTS.md, "The input projection on CPU"); with one gate there is no slicing and
+#: the projection before the loop measured faster at every shape. The backward pass is the same
+#: either way: ``dW_x = X^T dZ`` after the loop.
 INPUT_PROJECTION = "auto"
 CPU_CACHE_BYTES = 4 * 2**20
 
@@ -80,7 +82,7 @@ def default_unroll(fused: bool) -> int:
     return GPU_UNROLL if fused and jax.default_backend() == "gpu" else 1
 
 
-def _project_first(w_x) -> bool:
+def _project_first(w_x, kernel) -> bool:
     if INPUT_PROJECTION not in ("auto", "before_loop", "in_loop"):
         raise ValueError(
             "recurrax._fused.INPUT_PROJECTION must be 'auto', 'before_loop' or 'in_loop'; "
@@ -88,7 +90,7 @@ def _project_first(w_x) -> bool:
         )
     if INPUT_PROJECTION == "auto":
         big = w_x.size * w_x.dtype.itemsize > CPU_CACHE_BYTES
-        return jax.default_backend() != "cpu" or big
+        return jax.default_backend() != "cpu" or big or kernel.gates == 1
     return INPUT_PROJECTION == "before_loop"
 
 
@@ -376,7 +378,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
     time = xs.shape[axis]
     kernel = kernel_for(cell)
     in_p, rec = kernel.params(cell)
-    first = _project_first(in_p[0])
+    first = _project_first(in_p[0], kernel)
     if not isinstance(n, (int, np.integer)) and time <= _loop.EXIT_CHUNK:
         n = time  # one chunk at most: run every step, masked, without recomputation
     if isinstance(n, (int, np.integer)):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +90,7 @@ def _pre(x_t, h, w_h, fold):
 class RNNKernel:
     """``BasicRNNCell``: ``h' = act(xw_t + h @ W_h)``."""
 
+    gates: ClassVar[int] = 1  # column blocks of the pre-activations
     activation: Callable
 
     def params(self, cell):
@@ -120,6 +122,7 @@ class GRUKernel:
     ``h' = u*h + (1-u)*c``. The candidate's recurrent input is ``r*h``, so the step runs two
     dependent matmuls and ``dW_ch = (R*H)^T dZ_c``."""
 
+    gates: ClassVar[int] = 3  # column blocks of the pre-activations
     activation: Callable
 
     def params(self, cell):
@@ -184,6 +187,7 @@ class LSTMKernel:
     the slope of ``cell_clip``.
     """
 
+    gates: ClassVar[int] = 4  # column blocks of the pre-activations
     activation: Callable
     forget_bias: float
     peepholes: bool = False

@@ -96,10 +96,9 @@ def variants():
 
 
 def fused_grid() -> None:
-    from recurrax import BasicLSTMCell, BasicRNNCell, GRUCell, _fused, dynamic_rnn
-    from recurrax._bench import CELLS, GRID, Case, _floor
+    from recurrax import _fused
+    from recurrax._bench import CELLS, GRID, Case, _floor, _recurrax
 
-    cls = {"rnn": BasicRNNCell, "gru": GRUCell, "lstm": BasicLSTMCell}
     print(
         "| cell | (B, T, I, H) | mode | in the loop ms | before the loop ms | speed-up |"
         " efficiency in -> before |\n|---|---|---|---|---|---|---|"
@@ -108,16 +107,11 @@ def fused_grid() -> None:
         fns = {}
         for name in CELLS:
             case = Case(name, *shape)
-            cell, x = cls[name](shape[3], shape[2], key=jax.random.key(0)), jnp.asarray(case.data())
             for where in ("in_loop", "before_loop"):
-                _fused.INPUT_PROJECTION = where  # read when the program is traced
-                fwd = jax.jit(lambda c, x: dynamic_rnn(c, x)[0]).lower(cell, x).compile()
-                grad = jax.jit(jax.grad(lambda c, x: jnp.sum(dynamic_rnn(c, x)[0])))
-                grad = grad.lower(cell, x).compile()
-                for mode, f in (("fwd", fwd), ("fwd+bwd", grad)):
-                    fns[(name, mode, where)] = lambda f=f, c=cell, x=x: jax.block_until_ready(
-                        f(c, x)
-                    )
+                _fused.INPUT_PROJECTION = where  # read when the program is traced: at its 1st call
+                for mode, f in _recurrax(case, "dynamic").items():
+                    f()
+                    fns[(name, mode, where)] = f
             for mode, f in _floor(case).items():
                 fns[(name, mode, "floor")] = f
         _fused.INPUT_PROJECTION = "auto"

@@ -36,9 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrax  # noqa: E402
-from recurrax._bench import GRID, Case, round_robin  # noqa: E402
+from recurrax._bench import GRID, Case, _recurrax, _torch, round_robin  # noqa: E402
 
-CLS = {"rnn": recurrax.BasicRNNCell, "gru": recurrax.GRUCell, "lstm": recurrax.BasicLSTMCell}
 IMPLS = ("torch_cudnn", "recurrax", "recurrax_generic", "jax_cudnn")
 
 
@@ -66,37 +65,16 @@ def check_fused_equals_generic() -> float:
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
 
 
-def builders(case: Case, torch, device: str) -> dict:
+def builders(case: Case, device: str) -> dict:
     """{(impl, mode): fn} for one case; each fn runs one pass to completion."""
     b, t, i, h = case.shape
-    data = case.data()
-    cell = CLS[case.cell](h, i, key=jax.random.key(0))
-    xj = jnp.asarray(data)
     fns = {}
-    for impl, fused in (("recurrax", True), ("recurrax_generic", False)):
-        fwd = jax.jit(lambda c, x, fused=fused: recurrax.dynamic_rnn(c, x, fused=fused)[0])
-        grad = jax.jit(
-            jax.grad(lambda c, x, fused=fused: jnp.sum(recurrax.dynamic_rnn(c, x, fused=fused)[0]))
-        )
-        fns[(impl, "fwd")] = lambda f=fwd: jax.block_until_ready(f(cell, xj))
-        fns[(impl, "fwd+bwd")] = lambda g=grad: jax.block_until_ready(g(cell, xj))
-
-    layer = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[case.cell]
-    layer = layer(i, h, batch_first=True).to(device)
-    xt = torch.from_numpy(data).to(device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-    def t_fwd():
-        with torch.no_grad():
-            layer(xt)
-        sync()
-
-    def t_fb():
-        layer.zero_grad(set_to_none=True)
-        layer(xt)[0].sum().backward()
-        sync()
-
-    fns[("torch_cudnn", "fwd")], fns[("torch_cudnn", "fwd+bwd")] = t_fwd, t_fb
+    for impl, peer in (
+        ("recurrax", _recurrax(case, "dynamic")),
+        ("recurrax_generic", _recurrax(case, "dynamic", fused=False)),
+        ("torch_cudnn", _torch(case, None, device=device)),
+    ):
+        fns.update({(impl, mode): fn for mode, fn in peer.items()})
 
     if case.cell == "lstm" and jax.default_backend() == "gpu":
         try:
@@ -112,6 +90,7 @@ def builders(case: Case, torch, device: str) -> dict:
 
         jf = jax.jit(lstm)
         jg = jax.jit(jax.grad(lambda w, x: jnp.sum(lstm(w, x))))
+        xj = jnp.asarray(case.data())
         fns[("jax_cudnn", "fwd")] = lambda: jax.block_until_ready(jf(w, xj))
         fns[("jax_cudnn", "fwd+bwd")] = lambda: jax.block_until_ready(jg(w, xj))
     return fns
@@ -167,7 +146,7 @@ def main(argv=None) -> int:
                 continue
             case = Case(cell_name, *shape)
             try:
-                times = round_robin(builders(case, torch, device), args.repeats, 2, budget_s=5.0)
+                times = round_robin(builders(case, device), args.repeats, 2, budget_s=5.0)
             except Exception:
                 traceback.print_exc()
                 _emit(f"| {cell_name} | {shape} | failed (traceback above) |", out)

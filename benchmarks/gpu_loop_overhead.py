@@ -38,47 +38,18 @@ SETTINGS = {
 
 def child(shapes) -> None:
     """Time every (cell, shape, unroll, mode) in this process's XLA setting; JSON lines out."""
-    import jax
-    import jax.numpy as jnp
     import numpy as np
     import torch
 
-    import recurrax
-    from recurrax._bench import Case, round_robin
+    from recurrax._bench import Case, _recurrax, _torch, round_robin
 
-    cls = {"gru": recurrax.GRUCell, "lstm": recurrax.BasicLSTMCell}
-    peer = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     for shape in shapes:
         for name in CELLS:
-            b, t, i, h = shape
-            data = Case(name, *shape).data()
-            cell, xj = cls[name](h, i, key=jax.random.key(0)), jnp.asarray(data)
-            fns = {}
-            for u in UNROLLS:
-                fwd = jax.jit(lambda c, x, u=u: recurrax.dynamic_rnn(c, x, unroll=u)[0])
-                grad = jax.jit(
-                    jax.grad(lambda c, x, u=u: jnp.sum(recurrax.dynamic_rnn(c, x, unroll=u)[0]))
-                )
-                for mode, f in (("fwd", fwd), ("fwd+bwd", grad)):
-                    fns[(f"unroll {u}", mode)] = lambda f=f, c=cell, x=xj: jax.block_until_ready(
-                        f(c, x)
-                    )
-            layer = peer[name](i, h, batch_first=True).to(dev)
-            xt = torch.from_numpy(data).to(dev)
-
-            def t_fwd(layer=layer, xt=xt):
-                with torch.no_grad():
-                    layer(xt)
-                sync()
-
-            def t_fb(layer=layer, xt=xt):
-                layer.zero_grad(set_to_none=True)
-                layer(xt)[0].sum().backward()
-                sync()
-
-            fns[("cudnn", "fwd")], fns[("cudnn", "fwd+bwd")] = t_fwd, t_fb
+            case = Case(name, *shape)
+            peers = {f"unroll {u}": _recurrax(case, "dynamic", unroll=u) for u in UNROLLS}
+            peers["cudnn"] = _torch(case, None, device=dev)
+            fns = {(impl, mode): fn for impl, peer in peers.items() for mode, fn in peer.items()}
             times = round_robin(fns, repeats=5, warmup=2, budget_s=3.0)
             med = {f"{k[0]}|{k[1]}": float(np.median(v)) for k, v in times.items()}
             print(json.dumps({"cell": name, "shape": shape, "med": med}), flush=True)

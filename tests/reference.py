@@ -19,6 +19,7 @@ import zlib
 
 import equinox as eqx
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -420,3 +421,14 @@ def _build(kind, n, dtype):
 def reference_step(kind: str, cell):
     """The reference step for a cell built by :func:`make_cell`."""
     return jax_step(cell) if kind in DROPPING else np_step(cell)
+
+
+def all_eqns(jaxpr):
+    """Every equation of ``jaxpr`` (``Jaxpr`` or ``ClosedJaxpr``) and of the programs nested in
+    its equations' parameters (loop bodies, ``jit``, ``custom_jvp`` / ``custom_vjp`` primals)."""
+    if isinstance(jaxpr, jex.ClosedJaxpr):
+        jaxpr = jaxpr.jaxpr
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jex.jaxprs_in_params(eqn.params):
+            yield from all_eqns(sub)

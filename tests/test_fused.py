@@ -19,6 +19,7 @@ import recurrax._fused as fused_module
 import recurrax._loop as loop_module
 from recurrax._fused import supports_fused
 from reference import (
+    all_eqns,
     assert_tree_close,
     make_cell,
     np_step,
@@ -253,21 +254,8 @@ def test_unroll_and_batch_one_time_one():
 
 def _scan_unrolls(fn, *args) -> list[int]:
     """``unroll`` of every scan in ``fn``'s jaxpr, nested ones included."""
-    found = []
-
-    def walk(jaxpr):
-        for e in jaxpr.eqns:
-            if e.primitive.name == "scan":
-                found.append(e.params["unroll"])
-            for p in e.params.values():
-                for sub in p if isinstance(p, (tuple, list)) else (p,):
-                    if hasattr(sub, "eqns"):
-                        walk(sub)
-                    elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
-                        walk(sub.jaxpr)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return found
+    eqns = all_eqns(jax.make_jaxpr(fn)(*args))
+    return [e.params["unroll"] for e in eqns if e.primitive.name == "scan"]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])

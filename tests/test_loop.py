@@ -21,7 +21,14 @@ import pytest
 import recurrax
 import recurrax._loop as loop_module
 from recurrax._loop import run_loop, trip_count
-from reference import assert_tree_close, make_cell, reference_rnn, reference_step, zeros_like_state
+from reference import (
+    all_eqns,
+    assert_tree_close,
+    make_cell,
+    reference_rnn,
+    reference_step,
+    zeros_like_state,
+)
 
 B, T, F = 4, 7, 3  # batch, time, features
 FAST = {"xla_backend_optimization_level": 0}  # tiny programs: compile them quickly
@@ -448,19 +455,9 @@ def test_run_loop_batch_major_pytrees():
             assert_tree_close(got(s0, xs, jnp.int32(n)), want(s0, xs), 1e-10, 1e-12)
 
 
-def _transposed_shapes(jaxpr, found=None):
+def _transposed_shapes(jaxpr):
     """Operand shapes of every ``transpose`` in ``jaxpr`` and the programs nested in it."""
-    found = [] if found is None else found
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "transpose":
-            found.append(eqn.invars[0].aval.shape)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    _transposed_shapes(sub.jaxpr, found)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    _transposed_shapes(sub, found)
-    return found
+    return [e.invars[0].aval.shape for e in all_eqns(jaxpr) if e.primitive.name == "transpose"]
 
 
 @pytest.mark.parametrize("memory", ["store", "recompute"])

@@ -68,7 +68,9 @@ class Case:
 # Each builder returns {"fwd": fn, "fwd+bwd": fn}; calling fn runs one pass to completion.
 
 
-def _recurrax(case: Case, runner: str) -> dict[str, Callable]:
+def _recurrax(case: Case, runner: str, **options) -> dict[str, Callable]:
+    """``runner`` ``"dynamic"`` or ``"static"``; ``options`` go to ``dynamic_rnn`` (``fused``,
+    ``unroll``, ...). Traced at the first call: module settings read then apply."""
     import jax
     import jax.numpy as jnp
 
@@ -83,7 +85,7 @@ def _recurrax(case: Case, runner: str) -> dict[str, Callable]:
     def outputs(cell, x):
         if runner == "static":
             return jnp.stack(recurrax.static_rnn(cell, x)[0])
-        return recurrax.dynamic_rnn(cell, x)[0]
+        return recurrax.dynamic_rnn(cell, x, **options)[0]
 
     fwd = jax.jit(outputs)
     grad = jax.jit(jax.value_and_grad(lambda c, x: jnp.sum(outputs(c, x))))
@@ -93,7 +95,11 @@ def _recurrax(case: Case, runner: str) -> dict[str, Callable]:
     }
 
 
-def _torch(case: Case, threads: int | None, cells: bool = False) -> dict[str, Callable]:
+def _torch(
+    case: Case, threads: int | None, cells: bool = False, device: str = "cpu"
+) -> dict[str, Callable]:
+    """PyTorch's layer (or a loop over its cell) on ``threads`` CPU threads (``None``: one per
+    core); on ``device`` ``"cuda"`` each call also waits for the GPU to finish."""
     import torch
 
     torch.manual_seed(0)
@@ -106,13 +112,15 @@ def _torch(case: Case, threads: int | None, cells: bool = False) -> dict[str, Ca
         layer = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[case.cell](
             n_in, n, batch_first=True
         )
-    x = torch.from_numpy(case.data())
+    layer = layer.to(device)
+    x = torch.from_numpy(case.data()).to(device)
     params = list(layer.parameters())
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def outputs():
         if not cells:
             return layer(x)[0]
-        h = torch.zeros(case.batch, n)
+        h = torch.zeros(case.batch, n, device=device)
         state, ys = ((h, h) if case.cell == "lstm" else h), []
         for t in range(case.time):
             state = layer(x[:, t], state)
@@ -133,11 +141,13 @@ def _torch(case: Case, threads: int | None, cells: bool = False) -> dict[str, Ca
     def fwd():
         with torch.no_grad():
             outputs()
+        sync()
 
     def fwd_bwd():
         for p in params:
             p.grad = None
         outputs().sum().backward()
+        sync()
 
     return {"fwd": with_threads(fwd), "fwd+bwd": with_threads(fwd_bwd)}
 

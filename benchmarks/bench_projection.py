@@ -1,30 +1,41 @@
-"""Why the fused path projects the inputs inside each step on CPU: an LSTM step loop, five ways.
+"""Why the fused path projects the inputs inside each step on CPU: an LSTM step loop, eight ways.
 
 One compiled ``lax.scan`` of an LSTM's step (gates ``i, j, f, o``; the forward pass only) at
 (B, T, I, H) = (32, 1000, 64, 128), float32, on JAX's CPU backend, with the input's
-contribution to the pre-activations supplied in five ways:
+contribution to the pre-activations supplied in eight ways:
 
 * ``in-loop``: ``concat([x_t, h]) @ [W_x; W_h]`` in each step (the fused path's CPU default);
 * ``XW [T, B, 4H]``: ``XW = X @ W_x`` for all steps before the loop, ``xw_t + h @ W_h`` in the
   step, the gates split from the sum;
 * ``XW cached``: the same, but the step reads one of 8 rows of ``XW`` (cycling), which stay in
   cache: what is left is not the cost of streaming ``XW`` from memory;
+* ``XW + barrier``: as ``XW [T, B, 4H]``, the sum behind ``lax.optimization_barrier``;
+* ``XW read ahead``: as ``XW [T, B, 4H]``, step ``t`` reading row ``t + 1`` into the loop's
+  carry, so that its own fusions read a whole buffer;
+* ``XW per-gate slices``: as ``XW [T, B, 4H]``, the step taking gate ``k``'s block of row ``t``
+  as its own ``dynamic_slice`` (offset ``(t, 0, kH)``) instead of slicing row ``t``;
 * ``four [T, B, H]``: ``XW`` computed as one array per gate, each step adding gate ``k``'s
   slice of its own array to gate ``k``'s block of ``h @ W_h``;
 * ``no input``: ``h @ W_h`` alone (the recurrence without an input, for scale).
 
     python benchmarks/bench_projection.py          # ~1 minute on 2 cores
     python benchmarks/bench_projection.py --fused  # the fused path's two settings, whole grid
+    python benchmarks/bench_projection.py --dots   # a step's matmul: does it use both cores?
+    taskset -c 0 python benchmarks/bench_projection.py --dots  # the same on one core
 
 Prints the median of 9 round-robin rounds per variant and the ratio to ``in-loop``. With
 ``--fused``, for each cell and (B, T, I, H) of the speed grid, ``dynamic_rnn``'s forward and
 forward+backward with ``recurrax._fused.INPUT_PROJECTION`` set to ``"in_loop"`` and to
 ``"before_loop"``, compiled and timed in one process, and the efficiency (floor / time) of each.
+With ``--dots``, the recurrent matmul ``[B, H] x [H, 4H]`` of the grid's LSTM steps, chained 200
+times in one compiled loop, in microseconds per step and GFLOP/s: run with all cores and under
+``taskset -c 0``, it shows which of them XLA:CPU spreads over more than one core.
 """
 
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +85,33 @@ def variants():
 
         return run(step, jnp.arange(T))
 
+    def barrier(x, w_x, w_h):
+        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        return run(
+            lambda xw_t, h, c: _lstm(*jnp.split(lax.optimization_barrier(xw_t + h @ w_h), 4, 1), c),
+            xw,
+        )
+
+    def ahead(x, w_x, w_h):
+        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+
+        def body(s, t):
+            h, c, xw_t = s
+            h, c = _lstm(*jnp.split(xw_t + h @ w_h, 4, 1), c)
+            xw_next = lax.dynamic_index_in_dim(xw, jnp.minimum(t + 1, T - 1), keepdims=False)
+            return (h, c, xw_next), h
+
+        return lax.scan(body, (zero, zero, xw[0]), jnp.arange(T))[1]
+
+    def gate_slices(x, w_x, w_h):
+        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+
+        def step(t, h, c):
+            gates = [lax.dynamic_slice(xw, (t, 0, k * H), (1, B, H))[0] for k in range(4)]
+            return _lstm(*(a + z for a, z in zip(gates, jnp.split(h @ w_h, 4, 1))), c)
+
+        return run(step, jnp.arange(T))
+
     def per_gate(x, w_x, w_h):
         flat = x.reshape(T * B, N_IN)
         xws = tuple((flat @ wk).reshape(T, B, H) for wk in jnp.split(w_x, 4, 1))
@@ -90,6 +128,9 @@ def variants():
         "in-loop": (in_loop, (x, w)),
         "XW [T, B, 4H]": (whole, (x, w_x, w_h)),
         "XW cached": (cached, (x, w_x, w_h)),
+        "XW + barrier": (barrier, (x, w_x, w_h)),
+        "XW read ahead": (ahead, (x, w_x, w_h)),
+        "XW per-gate slices": (gate_slices, (x, w_x, w_h)),
         "four [T, B, H]": (per_gate, (x, w_x, w_h)),
         "no input": (no_input, (x, w_h)),
     }
@@ -126,23 +167,61 @@ def fused_grid() -> None:
                 )
 
 
+def _chain(a, w, steps: int):
+    """``steps`` chained ``tanh(a @ w)[:, :H]``: a step's recurrent matmul and little else."""
+    return lax.fori_loop(0, steps, lambda i, a: jnp.tanh(a @ w)[:, : a.shape[1]], a)
+
+
+def dots() -> None:
+    import os
+    import time
+
+    from recurrax._bench import GRID
+
+    print(f"{len(os.sched_getaffinity(0))} core(s)\n| [B, H] x [H, 4H] | us per step | GFLOP/s |")
+    print("|---|---|---|")
+    for b, _, _, h in GRID:
+        w = jnp.full((h, 4 * h), 1e-3, jnp.float32)
+        loop = jax.jit(partial(_chain, steps=200))
+        a = jnp.ones((b, h), jnp.float32)
+        loop(a, w).block_until_ready()
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            loop(a, w).block_until_ready()
+            times.append((time.perf_counter() - start) / 200)
+        sec = float(np.median(times))
+        flops = 8 * b * h * h / sec / 1e9
+        print(f"| [{b}, {h}] x [{h}, {4 * h}] | {sec * 1e6:.1f} | {flops:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fused", action="store_true", help="A/B the fused path over the grid")
-    if p.parse_args().fused:
+    p.add_argument("--dots", action="store_true", help="time a step's recurrent matmul alone")
+    args = p.parse_args()
+    if args.fused:
         fused_grid()
         return
-    fns = {}
+    if args.dots:
+        dots()
+        return
+    fns, diffs = {}, {}
     for name, (fn, args) in variants().items():
         compiled = jax.jit(fn).lower(*args).compile()
         fns[name] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
+        diffs[name] = fns[name]()
+    ref_out = diffs["in-loop"]
+    other = ("no input", "XW cached")  # different functions
+    diffs = {k: float(jnp.max(jnp.abs(v - ref_out))) for k, v in diffs.items() if k not in other}
     times = round_robin(fns, repeats=9, warmup=1)
     ref = float(np.median(times["in-loop"]))
     print(f"LSTM step loop, (B, T, I, H) = {(B, T, N_IN, H)}, jax {jax.__version__} on CPU")
-    print("| variant | ms | / in-loop |\n|---|---|---|")
+    print("| variant | ms | / in-loop | max abs diff from in-loop |\n|---|---|---|---|")
     for name, t in times.items():
         med = float(np.median(t))
-        print(f"| {name} | {med * 1e3:.1f} | {med / ref:.2f} |")
+        diff = f"{diffs[name]:.1e}" if name in diffs else "-"
+        print(f"| {name} | {med * 1e3:.1f} | {med / ref:.2f} | {diff} |")
 
 
 if __name__ == "__main__":

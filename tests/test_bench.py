@@ -106,6 +106,34 @@ def test_cli_arguments():
         run_bench_cli(parser.parse_args(["--skip", "torch"]))
 
 
+def test_cli_shape(monkeypatch, capsys):
+    """--shape replaces the grid with the sizes given; bad sizes name the argument."""
+    from recurrax import _bench_report
+
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    for bad in ("4,10,3", "4,10,3,x", "4,0,3,5", "4,10,3,5,6"):
+        with pytest.raises(SystemExit, match=r"--shape must be four positive integers B,T,I,H"):
+            run_bench_cli(parser.parse_args(["--shape", bad]))
+    with pytest.raises(SystemExit, match=r"give --quick or --shape, not both"):
+        run_bench_cli(parser.parse_args(["--quick", "--shape", "2,3,2,4"]))
+
+    seen = {}
+
+    def fake_run_bench(grid, cells, impls, repeats, static_cap, progress):
+        seen.update(grid=grid, cells=cells, repeats=repeats)
+        return []
+
+    monkeypatch.setattr(_bench_report, "_check_peers", lambda impls: None)
+    monkeypatch.setattr(_bench_report, "run_bench", fake_run_bench)
+    monkeypatch.setattr(_bench_report, "summarize", lambda results: [])
+    monkeypatch.setattr(_bench_report, "markdown", lambda rows, meta: "report")
+    args = ["--shape", "2,3,2,4", "--shape", "1,5,1,2", "--cells", "gru", "--progress", "none"]
+    assert run_bench_cli(parser.parse_args(args)) == 0
+    assert seen == {"grid": ((2, 3, 2, 4), (1, 5, 1, 2)), "cells": ("gru",), "repeats": 5}
+    assert capsys.readouterr().out.strip() == "report"
+
+
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     """benchmarks/gpu_check.py --smoke runs the GPU script's code on CPU: the fused and generic
     paths agree, and every cell gets a forward and a forward+backward row of positive ratios."""

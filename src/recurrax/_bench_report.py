@@ -232,6 +232,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help=f"small sizes {QUICK_GRID}, 3 rounds: under 2 minutes"
     )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        metavar="B,T,I,H",
+        help="time this (batch, steps, inputs, units) instead of the grid; repeatable",
+    )
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated: rnn,gru,lstm")
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed rounds (default 5; 3 quick)"
@@ -271,6 +277,19 @@ def _progress(mode: str):
     return plain, None
 
 
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``"B,T,I,H"`` as four positive ints, else ``SystemExit`` naming ``--shape``."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise SystemExit(
+            f"recurrax bench: --shape must be four positive integers B,T,I,H; got {text!r}."
+        )
+    return shape
+
+
 def run_bench_cli(args: argparse.Namespace) -> int:
     cells = tuple(c for c in args.cells.split(",") if c)
     bad = [c for c in cells if c not in CELLS]
@@ -279,6 +298,12 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     skip = {s for s in args.skip.split(",") if s}
     if skip - set(IMPLS):
         raise SystemExit(f"recurrax bench: --skip must name some of {IMPLS}; got {args.skip!r}.")
+    if args.shape and args.quick:
+        raise SystemExit("recurrax bench: give --quick or --shape, not both.")
+    if args.shape:
+        grid = tuple(parse_shape(t) for t in args.shape)
+    else:
+        grid = QUICK_GRID if args.quick else GRID
     impls = tuple(i for i in IMPLS if i not in skip)
     _check_peers(impls)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -299,13 +324,9 @@ def run_bench_cli(args: argparse.Namespace) -> int:
     update, bar = _progress(args.progress)
     if bar is not None:
         with bar:
-            results = run_bench(
-                QUICK_GRID if args.quick else GRID, cells, impls, repeats, args.static_cap, update
-            )
+            results = run_bench(grid, cells, impls, repeats, args.static_cap, update)
     else:
-        results = run_bench(
-            QUICK_GRID if args.quick else GRID, cells, impls, repeats, args.static_cap, update
-        )
+        results = run_bench(grid, cells, impls, repeats, args.static_cap, update)
     meta["load_end"] = os.getloadavg()[0]
     rows = summarize(results)
     print(markdown(rows, meta))

@@ -52,6 +52,11 @@ def _lstm(zi, zj, zf, zo, c):
     return jnp.tanh(c) * jax.nn.sigmoid(zo), c
 
 
+def _xw(x, w_x):
+    """``X @ W_x`` for all steps as one matmul: ``[T, B, 4H]``."""
+    return (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+
+
 def variants():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((T, B, N_IN)), jnp.float32)
@@ -73,7 +78,7 @@ def variants():
         )
 
     def whole(x, w_x, w_h):
-        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        xw = _xw(x, w_x)
         return run(lambda xw_t, h, c: _lstm(*jnp.split(xw_t + h @ w_h, 4, 1), c), xw)
 
     def cached(x, w_x, w_h):
@@ -86,14 +91,14 @@ def variants():
         return run(step, jnp.arange(T))
 
     def barrier(x, w_x, w_h):
-        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        xw = _xw(x, w_x)
         return run(
             lambda xw_t, h, c: _lstm(*jnp.split(lax.optimization_barrier(xw_t + h @ w_h), 4, 1), c),
             xw,
         )
 
     def ahead(x, w_x, w_h):
-        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        xw = _xw(x, w_x)
 
         def body(s, t):
             h, c, xw_t = s
@@ -104,7 +109,7 @@ def variants():
         return lax.scan(body, (zero, zero, xw[0]), jnp.arange(T))[1]
 
     def gate_slices(x, w_x, w_h):
-        xw = (x.reshape(T * B, N_IN) @ w_x).reshape(T, B, 4 * H)
+        xw = _xw(x, w_x)
 
         def step(t, h, c):
             gates = [lax.dynamic_slice(xw, (t, 0, k * H), (1, B, H))[0] for k in range(4)]
@@ -174,23 +179,18 @@ def _chain(a, w, steps: int):
 
 def dots() -> None:
     import os
-    import time
 
     from recurrax._bench import GRID
 
     print(f"{len(os.sched_getaffinity(0))} core(s)\n| [B, H] x [H, 4H] | us per step | GFLOP/s |")
     print("|---|---|---|")
+    loop = jax.jit(partial(_chain, steps=200))
     for b, _, _, h in GRID:
         w = jnp.full((h, 4 * h), 1e-3, jnp.float32)
-        loop = jax.jit(partial(_chain, steps=200))
         a = jnp.ones((b, h), jnp.float32)
-        loop(a, w).block_until_ready()
-        times = []
-        for _ in range(7):
-            start = time.perf_counter()
-            loop(a, w).block_until_ready()
-            times.append((time.perf_counter() - start) / 200)
-        sec = float(np.median(times))
+        fns = {"loop": lambda a=a, w=w: jax.block_until_ready(loop(a, w))}
+        times = round_robin(fns, repeats=7)
+        sec = float(np.median(times["loop"])) / 200
         flops = 8 * b * h * h / sec / 1e9
         print(f"| [{b}, {h}] x [{h}, {4 * h}] | {sec * 1e6:.1f} | {flops:.0f} |")
 

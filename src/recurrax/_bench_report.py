@@ -322,10 +322,7 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         "malloc": _malloc_settings(),
     }
     update, bar = _progress(args.progress)
-    if bar is not None:
-        with bar:
-            results = run_bench(grid, cells, impls, repeats, args.static_cap, update)
-    else:
+    with bar if bar is not None else contextlib.nullcontext():
         results = run_bench(grid, cells, impls, repeats, args.static_cap, update)
     meta["load_end"] = os.getloadavg()[0]
     rows = summarize(results)

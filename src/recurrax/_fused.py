@@ -45,6 +45,7 @@ import numpy as np
 from jax import lax
 
 from . import _loop
+from ._backprop import time_buffer
 from ._fused_cells import kernel_for
 from ._lengths import mask_output, select_state
 from ._loop import _check_unroll, _time_first, trip_count
@@ -289,10 +290,8 @@ def _chunked_forward(plan, chunk, axis, in_p, rec, xs, state, lengths, n, keep: 
     run = partial(_chunk, plan, chunk, axis, in_p, rec, xs)
     first = jax.eval_shape(lambda: run(state, lengths, 0)[0])  # [chunk, B, out]
     time = xs.shape[axis]
-    shape = (time, *first.shape[1:]) if axis == 0 else (first.shape[1], time, *first.shape[2:])
-    ys = jnp.zeros(shape, first.dtype)
-    count = time // chunk
-    starts = tree_map(lambda a: jnp.zeros((count, *a.shape), a.dtype), state) if keep else None
+    ys = time_buffer(jax.ShapeDtypeStruct(first.shape[1:], first.dtype), time, axis=axis)
+    starts = time_buffer(state, time // chunk) if keep else None
 
     def body(k, c):
         s, ys, starts = c
@@ -386,8 +385,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
         if n == 0:  # every row has length 0: zero outputs, the initial state
             x0 = lax.index_in_dim(xs, 0, axis, keepdims=False)
             out = jax.eval_shape(lambda: kernel.step(rec, x0 @ in_p[0], state, None)[0])
-            shape = (time, *out.shape) if axis == 0 else (out.shape[0], time, *out.shape[1:])
-            return jnp.zeros(shape, dtype), state
+            return time_buffer(jax.ShapeDtypeStruct(out.shape, dtype), time, axis=axis), state
         uniform = lengths is None or (
             not isinstance(lengths, jax.core.Tracer) and int(np.min(np.asarray(lengths))) == n
         )
@@ -397,7 +395,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, unroll: int, axis: int):
         ys, final = _layer(plan, in_p, rec, head, state, None if uniform else lengths)
         return _pad_time(_time_first(ys, axis), time - n, axis), final
     plan = _Plan(kernel, jnp.dtype(dtype), True, unroll, first)
-    chunk = min(_loop.EXIT_CHUNK, time)
+    chunk = _loop.EXIT_CHUNK  # time > chunk here
     if time % chunk:  # whole chunks only: pad with steps that every row's length masks
         xs = _pad_time(xs, chunk - time % chunk, axis)
     ys, final = _chunked(plan, chunk, axis, in_p, rec, xs, state, lengths, n)

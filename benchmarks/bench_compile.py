@@ -1,7 +1,7 @@
 """Static vs dynamic: compile time as T grows, compile time at huge T, and early exit.
 
-Three measurements, all with a BasicLSTMCell of 64 units on 32 inputs and a batch of 16
-(``--cell`` picks another cell for the first two):
+Three measurements, all with a BasicLSTMCell (``lstm``) of 64 units on 32 inputs and a batch
+of 16 (``--cell rnn|gru|lstm`` picks another cell for the first two):
 
 1. compile ratio: ``static_rnn`` / ``dynamic_rnn`` trace + lower + compile seconds at
    T = 100 and 500, for the forward pass and for a gradient step (value and gradient of
@@ -14,7 +14,7 @@ Three measurements, all with a BasicLSTMCell of 64 units on 32 inputs and a batc
 Every measurement runs in a fresh Python process (so no cache is shared and a runaway
 compilation can be stopped): it is killed after ``--cap`` seconds or beyond ``--mem-cap`` GiB
 of resident memory, and reported as such. Progress goes to stderr; the Markdown report to
-stdout.
+stdout; ``--json FILE`` writes every measurement as a record of the benchmarks' results file.
 
     python benchmarks/bench_compile.py            # the full run (minutes to an hour)
     python benchmarks/bench_compile.py --quick    # small sizes, to check the script (~1 min)
@@ -23,14 +23,15 @@ stdout.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+from recurrax.apps.bench_report import environment, write_results
+from recurrax.apps.progress import MODES, TaskBar
 
 CELL_SIZES = dict(num_units=64, input_size=32, batch=16)
 FULL = ((100, 500), 10, 100_000, 3, 4096, 256, 20)  # see main()
@@ -46,14 +47,10 @@ def _measure(spec: dict) -> dict:
     import numpy as np
 
     import recurrax
+    from recurrax.cells.registry import BUILTIN
 
-    cells = {
-        "basic_lstm": recurrax.BasicLSTMCell,
-        "basic_rnn": recurrax.BasicRNNCell,
-        "gru": recurrax.GRUCell,
-    }
     n, i, b = CELL_SIZES["num_units"], CELL_SIZES["input_size"], CELL_SIZES["batch"]
-    cell = cells[spec["cell"]](n, i, key=jax.random.key(0), dtype=jnp.float32)
+    cell = BUILTIN[spec["cell"]](n, i, key=jax.random.key(0), dtype=jnp.float32)
     T, grad, run = spec["time"], spec["mode"] == "gradient", spec.get("run", False)
     if spec["runner"] == "static_rnn":
         xs = [jax.ShapeDtypeStruct((b, i), jnp.float32)] * T
@@ -130,35 +127,32 @@ def run_one(spec: dict, cap_s: float, mem_cap_gib: float) -> dict:
             text = f.read().strip()
         os.unlink(stamp)
         building = time.time() - float(text) if text else 0.0
-        return {"killed": killed, "wall_s": wall, "building_s": building, "peak_rss_gib": peak}
+        return {
+            "spec": spec,
+            "killed": killed,
+            "wall_s": wall,
+            "building_s": building,
+            "peak_rss_gib": peak,
+        }
     os.unlink(stamp)
     if proc.returncode != 0:  # recorded, not raised: one failure should not lose an hour's run
         print(f"\nmeasurement {spec} failed:\n{stderr[-3000:]}", file=sys.stderr)
         error = (stderr.strip().splitlines() or ["no output"])[-1]
-        return {"failed": f"failed ({error})", "wall_s": wall, "peak_rss_gib": peak}
+        return {"spec": spec, "failed": f"failed ({error})", "wall_s": wall, "peak_rss_gib": peak}
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(wall_s=wall, peak_rss_gib=peak)
+    result.update(spec=spec, wall_s=wall, peak_rss_gib=peak)
     return result
 
 
 # ---------------------------------------------------------------------- the benchmark ----
 
 
-def _progress(total: int):
-    """``step(what)`` / ``done(result)`` printing to stderr, with rich when on a terminal."""
-    count = {"n": 0}
-
-    def step(what: str) -> None:
-        count["n"] += 1
-        print(f"[{count['n']}/{total}] {what} ...", end="", file=sys.stderr, flush=True)
-
-    def done(result: dict) -> None:
-        note = result.get("killed") or result.get("failed") or f"{result['build_s']:.2f} s to build"
-        if result.get("run_s") is not None:
-            note += f", {result['run_s'] * 1e3:.2f} ms to run"
-        print(f" {note} ({result['wall_s']:.1f} s)", file=sys.stderr, flush=True)
-
-    return step, done
+def _note(result: dict) -> str:
+    """What a plain progress line ends with: the outcome of one measurement."""
+    note = result.get("killed") or result.get("failed") or f"{result['build_s']:.2f} s to build"
+    if result.get("run_s") is not None:
+        note += f", {result['run_s'] * 1e3:.2f} ms to run"
+    return f"{note} ({result['wall_s']:.1f} s)"
 
 
 def _fmt_s(r: dict) -> str:
@@ -255,7 +249,7 @@ def early_exit(padded: int, longest: int, repeats: int, fused, cap, mem, step, d
         for T in (padded, longest):
             step(f"early exit: T={T} (longest row {longest}) {mode}")
             spec = dict(
-                cell="basic_lstm",
+                cell="lstm",
                 runner="dynamic_rnn",
                 time=T,
                 longest=longest,
@@ -280,35 +274,22 @@ def early_exit(padded: int, longest: int, repeats: int, fused, cap, mem, step, d
     return lines
 
 
-def _environment(argv) -> list[str]:
-    import equinox
-    import jax
-    import jaxlib
-    import numpy
-
-    model = "unknown"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line
-        )
-    except (OSError, StopIteration):
-        pass
-    load = os.getloadavg()
+def _environment(meta: dict) -> list[str]:
+    """The report's header, from :func:`recurrax.apps.bench_report.environment`."""
     return [
-        "- command: `" + " ".join(["python benchmarks/bench_compile.py", *argv]) + "`",
-        f"- machine: {os.cpu_count()}-core {platform.machine()} CPU (`lscpu`: {model}), JAX on CPU",
-        f"- versions: Python {platform.python_version()}, jax {jax.__version__}, jaxlib "
-        f"{jaxlib.__version__}, equinox {equinox.__version__}, numpy {numpy.__version__}",
-        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- load average at start (1, 5, 15 min): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}",
+        f"- command: `{meta['command']}`",
+        f"- machine: {meta['cores']}-core CPU ({meta['machine']}), JAX on {meta['backend']} "
+        f"({meta['device']})",
+        f"- versions: {meta['versions']}",
+        f"- date: {meta['date']}",
+        f"- load average (1 min) at start: {meta['load_start']:.2f}",
     ]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
-    parser.add_argument("--cell", default="basic_lstm", choices=("basic_lstm", "basic_rnn", "gru"))
+    parser.add_argument("--cell", default="lstm", choices=("rnn", "gru", "lstm"))
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per measurement")
     parser.add_argument("--mem-cap", type=float, default=8.0, help="GiB per measurement")
     parser.add_argument(
@@ -320,6 +301,8 @@ def main(argv=None) -> int:
         default="auto",
         help="early exit: dynamic_rnn's fused fast path (auto: its default)",
     )
+    parser.add_argument("--progress", choices=MODES, default="auto", help="on stderr")
+    parser.add_argument("--json", metavar="FILE", help="write every measurement to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -331,36 +314,51 @@ def main(argv=None) -> int:
     lengths, small, huge, repeats, padded, longest, run_repeats = sizes
     total = 4 * len(lengths) * repeats * ("ratio" in parts) + 2 * repeats * ("huge" in parts)
     total += 4 * ("early" in parts)
-    step, done = _progress(total)
+    bar, records = TaskBar(total, args.progress), []
+
+    def step(what: str) -> None:
+        bar.start(what)
+
+    def done(result: dict) -> None:
+        records.append(result)
+        bar.finish(_note(result))
+
     n, i, b = CELL_SIZES["num_units"], CELL_SIZES["input_size"], CELL_SIZES["batch"]
-    out = _environment(sys.argv[1:] if argv is None else argv) + [""]
-    if "ratio" in parts:
-        out += [
-            f"**Compile time, static / dynamic** ({args.cell}, {n} units, {i} inputs, batch "
-            f"{b}; seconds to trace + lower + compile, best of {repeats} (once when over "
-            f"{_ONCE_S:.0f} s); cap {args.cap:.0f} s and {args.mem_cap:g} GiB per "
-            "measurement):",
-            "",
-        ]
-        out += compile_ratio(args.cell, lengths, repeats, args.cap, args.mem_cap, step, done)
-        out += [""]
-    if "huge" in parts:
-        out += [
-            f"**dynamic_rnn gradient-step compile at T = {huge:,} vs T = {small}** "
-            f"({args.cell}, inputs as ShapeDtypeStruct):",
-            "",
-        ]
-        out += compile_huge(args.cell, small, huge, repeats, args.cap, args.mem_cap, step, done)
-        out += [""]
-    if "early" in parts:
-        out += [
-            f"**Early exit** (basic_lstm, {n} units, {i} inputs, batch {b}; lengths random in "
-            f"[1, {longest}], one row {longest}; run time = fastest of {run_repeats} calls; "
-            f"lengths are traced inputs; fused={args.fused}):",
-            "",
-        ]
-        fused = {"auto": None, "on": True, "off": False}[args.fused]
-        out += early_exit(padded, longest, run_repeats, fused, args.cap, args.mem_cap, step, done)
+    argv = sys.argv[1:] if argv is None else argv
+    meta = environment(" ".join(["python benchmarks/bench_compile.py", *argv]))
+    out = _environment(meta) + [""]
+    with bar:  # one line per measurement, or a bar
+        if "ratio" in parts:
+            out += [
+                f"**Compile time, static / dynamic** ({args.cell}, {n} units, {i} inputs, batch "
+                f"{b}; seconds to trace + lower + compile, best of {repeats} (once when over "
+                f"{_ONCE_S:.0f} s); cap {args.cap:.0f} s and {args.mem_cap:g} GiB per "
+                "measurement):",
+                "",
+            ]
+            out += compile_ratio(args.cell, lengths, repeats, args.cap, args.mem_cap, step, done)
+            out += [""]
+        if "huge" in parts:
+            out += [
+                f"**dynamic_rnn gradient-step compile at T = {huge:,} vs T = {small}** "
+                f"({args.cell}, inputs as ShapeDtypeStruct):",
+                "",
+            ]
+            out += compile_huge(args.cell, small, huge, repeats, args.cap, args.mem_cap, step, done)
+            out += [""]
+        if "early" in parts:
+            out += [
+                f"**Early exit** (lstm, {n} units, {i} inputs, batch {b}; lengths random in "
+                f"[1, {longest}], one row {longest}; run time = fastest of {run_repeats} calls; "
+                f"lengths are traced inputs; fused={args.fused}):",
+                "",
+            ]
+            fused = {"auto": None, "on": True, "off": False}[args.fused]
+            out += early_exit(
+                padded, longest, run_repeats, fused, args.cap, args.mem_cap, step, done
+            )
+    if args.json:
+        write_results(args.json, records, dict(meta, **vars(args)))
     print("\n".join(out))
     return 0
 

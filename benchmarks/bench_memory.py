@@ -21,16 +21,15 @@ same ~512 ``sin`` per step for this.
         --no-warmup
     python benchmarks/bench_memory.py --report                  # the table, and memory.png
 
-Rows are merged into ``benchmarks/memory.json`` (one per T, strategy); ``--report`` prints the
-Markdown table of all rows and draws ``benchmarks/memory.png``.
+Rows are merged into ``benchmarks/memory.json``, the benchmarks' results file (records of kind
+``"strategy"``, one per T and strategy, and ``"budget"``; each run described in ``meta["runs"]``);
+``--report`` prints the Markdown table of all rows and draws ``benchmarks/memory.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import time
 from pathlib import Path
 
@@ -39,8 +38,8 @@ import jax
 import jax.numpy as jnp
 
 import recurrax
-from recurrax._loop import _PLANS
-from recurrax._memory import segment_length
+from recurrax.apps.bench import round_robin
+from recurrax.apps.bench_report import environment, read_results, write_results
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "memory.json"
@@ -79,6 +78,8 @@ class StreamedInputs(eqx.Module):
 
 def strategies(time_steps: int) -> dict:
     """The rows of the table: label -> dynamic_rnn keyword arguments."""
+    from recurrax.engine.planner import segment_length
+
     every = segment_length(time_steps, STATE_BYTES, STEP_BYTES)
     return {
         "store": dict(memory="store"),
@@ -133,19 +134,24 @@ def measure(time_steps: int, names, reps: int, run=None, warmup=True) -> list[di
         print(json.dumps(row), flush=True)
         if row["temp_bytes"] <= RUN_LIMIT[0] and (run is None or name in run):
             compiled[name] = (exe, cell)
-    times = {name: [] for name in compiled}
-    for rep in range(reps + warmup):  # with warmup, the first round only warms up
-        for name, (exe, cell) in compiled.items():
-            t0, c0 = time.perf_counter(), time.process_time()
+    cpu = {name: [] for name in compiled}  # CPU seconds of every call, warm-up included
+
+    def call(name, exe, cell):
+        def run():
+            c0 = time.process_time()
             jax.block_until_ready(exe(cell))
-            if rep >= warmup:
-                times[name].append((time.perf_counter() - t0, time.process_time() - c0))
-                print(f"{name}: {times[name][-1][0]:.3f} s wall", flush=True)
+            cpu[name].append(time.process_time() - c0)
+
+        return run
+
+    fns = {name: call(name, exe, cell) for name, (exe, cell) in compiled.items()}
+    wall = round_robin(fns, reps, warmup=int(warmup), budget_s=float("inf"))
     for row in rows:
-        if times.get(row["strategy"]):
-            row["step_s"] = round(min(w for w, _ in times[row["strategy"]]), 4)
-            row["cpu_s"] = round(min(c for _, c in times[row["strategy"]]), 4)
+        if wall.get(row["strategy"]):
+            row["step_s"] = round(min(wall[row["strategy"]]), 4)
+            row["cpu_s"] = round(min(cpu[row["strategy"]][int(warmup) :]), 4)
             row["reps"] = reps
+            print(f"{row['strategy']}: {row['step_s']:.3f} s wall", flush=True)
     return rows
 
 
@@ -161,30 +167,39 @@ def budgets(time_steps: int, store_temp: int) -> list[dict]:
         except ValueError as e:  # too small for any plan: the message names the least budget
             rows.append(dict(T=time_steps, budget=budget, plan=None, error=str(e)))
             continue
-        plan = next(v for k, v in reversed(_PLANS.items()) if k[-1] == budget)
+        from recurrax.engine.planner import planned
+
+        plan = planned(budget)[-1]
         row = dict(T=time_steps, budget=budget, plan=describe(plan), temp_bytes=int(temp))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
+def load() -> tuple[list[dict], list[dict], dict]:
+    """``(rows, budget rows, meta)`` of :data:`RESULTS`: records of kind "strategy" and
+    "budget" in the benchmarks' results file, and its ``meta`` (``runs``: one per run)."""
+    if not RESULTS.exists():
+        return [], [], {"runs": []}
+    records, meta = read_results(RESULTS)
+    rows = [r for r in records if r["kind"] == "strategy"]
+    return rows, [r for r in records if r["kind"] == "budget"], meta
+
+
 def save(rows, budget_rows):
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": [], "budgets": []}
+    """Merge ``rows`` (one per T, strategy) and ``budget_rows`` into :data:`RESULTS`."""
+    old_rows, old_budgets, meta = load()
     keep = {(r["T"], r["strategy"]) for r in rows}
-    data["rows"] = [r for r in data["rows"] if (r["T"], r["strategy"]) not in keep] + rows
+    rows = [r for r in old_rows if (r["T"], r["strategy"]) not in keep] + [
+        dict(r, kind="strategy") for r in rows
+    ]
+    rows.sort(key=lambda r: (r["T"], list(LABELS).index(r["strategy"])))
     keep = {(r["T"], r["budget"]) for r in budget_rows}
-    data["budgets"] = [r for r in data["budgets"] if (r["T"], r["budget"]) not in keep]
-    data["budgets"] += budget_rows
-    data["rows"].sort(key=lambda r: (r["T"], list(strategies(1000)).index(r["strategy"])))
-    data.setdefault("runs", []).append(
-        dict(
-            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            load=os.getloadavg(),
-            sizes=sorted({r["T"] for r in rows}),
-            jax=jax.__version__,
-        )
-    )
-    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    budgets = [r for r in old_budgets if (r["T"], r["budget"]) not in keep]
+    budgets += [dict(r, kind="budget") for r in budget_rows]
+    run = dict(environment(), sizes=sorted({r["T"] for r in rows}))
+    meta.setdefault("runs", []).append(run)
+    write_results(RESULTS, rows + budgets, meta)
 
 
 def _mib(n):
@@ -196,8 +211,7 @@ def _ratio(a, b):
 
 
 def report():
-    data = json.loads(RESULTS.read_text())
-    rows = data["rows"]
+    rows, budget_rows, _ = load()
     base = {r["T"]: r for r in rows if r["strategy"] == "store"}
     print(
         "| T | strategy | temp MiB | / store | step s (wall) | / store | step s (CPU) | / store |"
@@ -215,7 +229,7 @@ def report():
     print()
     print("| T | memory_budget MiB | plan | temp MiB |")
     print("|---|---|---|---|")
-    for r in data["budgets"]:
+    for r in budget_rows:
         plan = r["plan"] or ("error: " + r["error"])
         print(f"| {r['T']:,} | {_mib(r['budget'])} | {plan} | {_mib(r.get('temp_bytes'))} |")
     plot(rows)

@@ -8,15 +8,16 @@ Python start to the final line:
   20 for sine);
 - the same model and schedule in PyTorch (``nn.LSTM`` + ``nn.Linear``, ``torch.optim.Adam``,
   a cosine ``LambdaLR``, ``clip_grad_norm_``), on the same split and the same batch order
-  (``recurrax._data.batch_indices``). PyTorch's LSTM has its own initialisation and no forget
+  (``recurrax.apps.data.batch_indices``). PyTorch's LSTM has its own initialisation and no forget
   bias of 1, so its numbers are a peer's, not a replica's. It runs twice: with PyTorch's
   default intra-op threads, and with ``torch.set_num_threads(1)`` (on a loaded 2-core machine
   the default's threads contend).
 
-It prints a Markdown table: the test metric, the wall time and its ratios to both peers'.
+It prints a Markdown table: the test metric, the wall time and its ratios to both peers';
+``--json FILE`` writes the same rows as the results file of every benchmark.
 
     python benchmarks/bench_train.py              # both tasks (a few minutes)
-    python benchmarks/bench_train.py --task digits
+    python benchmarks/bench_train.py --task digits --json train.json
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import subprocess
 import sys
 import time
 
+from recurrax.apps.bench_report import environment, write_results
+
 TORCH_PEER = r"""
 import math, sys, time
 import numpy as np
 import torch
-from recurrax._data import batch_indices, digits_dataset, last_value_mse, sine_dataset
+from recurrax.apps.data import batch_indices, digits_dataset, last_value_mse, sine_dataset
 
 task, threads = sys.argv[1], int(sys.argv[2])
 if threads:
@@ -99,11 +102,14 @@ def _metric(out: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", choices=["digits", "sine", "both"], default="both")
+    parser.add_argument("--json", metavar="FILE", help="write the rows to this results file")
     args = parser.parse_args()
+    meta = environment()
     tasks = ["digits", "sine"] if args.task == "both" else [args.task]
     rows = []
     for task in tasks:
-        cmd = [sys.executable, "-m", "recurrax.cli", "train", "--task", task, "--progress", "none"]
+        cmd = [sys.executable, "-m", "recurrax.apps.cli", "train", "--task", task]
+        cmd += ["--progress", "none"]
         ours, out = _timed(cmd)
         print(out, file=sys.stderr)
         peer, peer_out = _timed([sys.executable, "-c", TORCH_PEER, task, "0"])
@@ -121,6 +127,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for task, impl, metric, seconds, r_default, r_one in rows:
         print(f"| {task} | {impl} | {metric} | {seconds:.1f} | {r_default:.2f} | {r_one:.2f} |")
+    if args.json:
+        keys = ("task", "implementation", "test_metric", "seconds", "ratio_default", "ratio_1t")
+        write_results(args.json, [dict(zip(keys, row)) for row in rows], meta)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The speed grid on one GPU: recurrax's ``dynamic_rnn`` against PyTorch's cuDNN layers.
 
-For each cell (BasicRNN, GRU, LSTM) and each (B, T, I, H) of :data:`recurrax._bench.GRID` it
+For each cell (rnn, gru, lstm) and each (B, T, I, H) of :data:`recurrax.apps.bench.GRID` it
 times, forward and forward+backward (gradient of ``sum(outputs)`` w.r.t. the weights), float32,
 every implementation in the same process, round-robin, medians of timed rounds after warm-up:
 
@@ -15,7 +15,8 @@ First it checks on the GPU that the fused path equals the generic one in value a
 on the GPU (TF32 tensor cores for both XLA and cuDNN on Ampere and later); the header records
 it. Each case is guarded: a failure prints its traceback and the grid goes on. Rows are printed
 and, with ``--out FILE``, appended to a Markdown file as they finish, so a run cut short keeps
-what it measured.
+what it measured; ``--json FILE`` writes the results file (one record per cell, size and mode,
+unrounded seconds; see ``recurrax.apps.bench_report.write_results``) after every case.
 
     bash benchmarks/gpu_check.sh                 # from the repository root; 81 s on an H200
     python benchmarks/gpu_check.py --smoke       # the same code on CPU, tiny grid (a dry run)
@@ -36,7 +37,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import recurrax  # noqa: E402
-from recurrax._bench import GRID, Case, _recurrax, _torch, round_robin  # noqa: E402
+from recurrax.apps.bench import (  # noqa: E402
+    CELLS,
+    GRID,
+    Case,
+    recurrax_layer,
+    round_robin,
+    torch_layer,
+)
+from recurrax.apps.bench_report import environment, write_results  # noqa: E402
 
 IMPLS = ("torch_cudnn", "recurrax", "recurrax_generic", "jax_cudnn")
 
@@ -70,9 +79,9 @@ def builders(case: Case, device: str) -> dict:
     b, t, i, h = case.shape
     fns = {}
     for impl, peer in (
-        ("recurrax", _recurrax(case, "dynamic")),
-        ("recurrax_generic", _recurrax(case, "dynamic", fused=False)),
-        ("torch_cudnn", _torch(case, None, device=device)),
+        ("recurrax", recurrax_layer(case)),
+        ("recurrax_generic", recurrax_layer(case, fused=False)),
+        ("torch_cudnn", torch_layer(case, device=device)),
     ):
         fns.update({(impl, mode): fn for mode, fn in peer.items()})
 
@@ -100,6 +109,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="run on CPU over a tiny grid (dry run)")
     p.add_argument("--out", help="append the Markdown table to this file as rows finish")
+    p.add_argument("--json", help="write the results file (records of unrounded seconds)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (default 5)")
     p.add_argument("--deadline", type=float, default=420.0, help="stop starting cases after S s")
     args = p.parse_args(argv)
@@ -116,6 +126,8 @@ def main(argv=None) -> int:
             raise SystemExit("torch sees no GPU: a CUDA build of torch is needed.")
         device, grid = "cuda", GRID
     out = args.out
+    meta = dict(environment(), smoke=args.smoke, repeats=args.repeats, torch=torch.__version__)
+    records = []
     cudnn = torch.backends.cudnn.version() if device == "cuda" else None
     _emit(
         f"jax {jax.__version__} ({jax.default_backend()}: {jax.devices()[0].device_kind}); "
@@ -126,7 +138,7 @@ def main(argv=None) -> int:
         out,
     )
     try:
-        err = check_fused_equals_generic()
+        err = meta["fused_vs_generic_max_diff"] = check_fused_equals_generic()
         _emit(f"\nfused vs generic on {device}, value and gradient: max |diff| = {err:.2e}", out)
         if err > 1e-4:
             _emit("  MISMATCH: fused and generic paths differ by more than 1e-4", out)
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
         out,
     )
     for shape in grid:
-        for cell_name in ("rnn", "gru", "lstm"):
+        for cell_name in CELLS:
             if time.perf_counter() - start > args.deadline:
                 _emit(f"| {cell_name} | {shape} | deadline reached: not measured |", out)
                 continue
@@ -153,6 +165,15 @@ def main(argv=None) -> int:
                 continue
             med = {k: float(np.median(v)) for k, v in times.items()}
             for mode in ("fwd", "fwd+bwd"):
+                records.append(
+                    {
+                        "cell": cell_name,
+                        "shape": shape,
+                        "mode": mode,
+                        "seconds": {i: med[(i, mode)] for i in IMPLS if (i, mode) in med},
+                        "times": {i: times[(i, mode)] for i in IMPLS if (i, mode) in times},
+                    }
+                )
                 ref = med[("torch_cudnn", mode)]
                 ratio = {m: med.get((m, mode)) for m in IMPLS[1:]}
                 cells = " | ".join("-" if r is None else f"{r / ref:.2f}" for r in ratio.values())
@@ -161,6 +182,8 @@ def main(argv=None) -> int:
                     f"{med[('recurrax', mode)] * 1e3:.2f} | {cells} |",
                     out,
                 )
+            if args.json:
+                write_results(args.json, records, meta)
     _emit(f"\ntotal {time.perf_counter() - start:.0f} s", out)
     return 0
 

@@ -1,18 +1,21 @@
-"""The benchmark's code path on a tiny layer, and its report's arithmetic (no timings checked)."""
+"""The benchmark's code path on a tiny layer, its report's arithmetic and its results file
+(no timings checked), and ``recurrax bench``'s command line."""
 
-import argparse
+import json
+import math
 
 import pytest
 
-from recurrax._bench import Case, build, measure_case, measure_static, round_robin
-from recurrax._bench_report import (
-    add_bench_arguments,
+from recurrax.apps.bench import Case, build, measure_case, measure_static, round_robin
+from recurrax.apps.bench_report import (
+    environment,
     markdown,
-    plot_ratios,
-    run_bench_cli,
+    read_results,
     summarize,
+    write_results,
 )
-from recurrax.cli import build_parser
+from recurrax.apps.cli import build_parser, main, run_bench_cli
+from recurrax.apps.plots import plot_ratios
 
 TINY = Case("lstm", 2, 3, 2, 4)
 
@@ -95,43 +98,60 @@ def test_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_arguments():
+def test_results_file(tmp_path):
+    """One format for every benchmark: {"format": 1, "meta", "records"}, read back as written."""
+    meta = environment("python benchmarks/x.py --quick")
+    assert meta["command"] == "python benchmarks/x.py --quick"
+    assert {"date", "machine", "cores", "versions", "backend", "device", "load_start"} <= set(meta)
+    rows = summarize(_results())
+    path = write_results(tmp_path / "speed.json", rows, meta)
+    assert json.loads(path.read_text())["format"] == 1
+    records, meta_back = read_results(path)
+    assert meta_back == json.loads(json.dumps(meta))
+    assert len(records) == 4 and records[1]["shape"] == [32, 1000, 64, 128]
+    assert records[1]["times"]["torch"] == [2.0, 2.0, 99.0]  # the raw times ride along
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="is not a results file of format 1"):
+        read_results(tmp_path / "other.json")
+
+
+def test_cli_arguments(capsys):
     args = build_parser().parse_args(["bench", "--quick", "--skip", "static", "--plot", "x.png"])
-    assert (args.quick, args.skip, args.plot, args.static_cap) == (True, "static", "x.png", 60.0)
-    parser = argparse.ArgumentParser()
-    add_bench_arguments(parser)
-    with pytest.raises(SystemExit, match=r"--cells must name some of \('rnn', 'gru', 'lstm'\)"):
-        run_bench_cli(parser.parse_args(["--cells", "lstm,mlp"]))
-    with pytest.raises(SystemExit, match=r"recurrax and torch cannot be skipped"):
-        run_bench_cli(parser.parse_args(["--skip", "torch"]))
+    assert (args.quick, args.skip, args.plot, args.static_cap) == (True, ("static",), "x.png", 60.0)
+    assert main(["bench", "--cells", "lstm,mlp"]) == 2
+    assert "--cells must name some of ('rnn', 'gru', 'lstm')" in capsys.readouterr().err
+    assert main(["bench", "--skip", "torch"]) == 2
+    assert "recurrax and torch cannot be skipped" in capsys.readouterr().err
 
 
-def test_cli_shape(monkeypatch, capsys):
+def test_cli_shape(capsys, tmp_path):
     """--shape replaces the grid with the sizes given; bad sizes name the argument."""
-    from recurrax import _bench_report
-
-    parser = argparse.ArgumentParser()
-    add_bench_arguments(parser)
     for bad in ("4,10,3", "4,10,3,x", "4,0,3,5", "4,10,3,5,6"):
-        with pytest.raises(SystemExit, match=r"--shape must be four positive integers B,T,I,H"):
-            run_bench_cli(parser.parse_args(["--shape", bad]))
-    with pytest.raises(SystemExit, match=r"give --quick or --shape, not both"):
-        run_bench_cli(parser.parse_args(["--quick", "--shape", "2,3,2,4"]))
+        assert main(["bench", "--shape", bad]) == 2
+        err = capsys.readouterr().err
+        assert "recurrax bench: error: argument --shape: --shape must be four positive" in err
+    assert main(["bench", "--quick", "--shape", "2,3,2,4"]) == 2
+    assert "argument --shape: not allowed with argument --quick" in capsys.readouterr().err
 
     seen = {}
 
     def fake_run_bench(grid, cells, impls, repeats, static_cap, progress):
-        seen.update(grid=grid, cells=cells, repeats=repeats)
-        return []
+        seen.update(grid=grid, cells=cells, repeats=repeats, progress=progress)
+        return _results()
 
-    monkeypatch.setattr(_bench_report, "_check_peers", lambda impls: None)
-    monkeypatch.setattr(_bench_report, "run_bench", fake_run_bench)
-    monkeypatch.setattr(_bench_report, "summarize", lambda results: [])
-    monkeypatch.setattr(_bench_report, "markdown", lambda rows, meta: "report")
-    args = ["--shape", "2,3,2,4", "--shape", "1,5,1,2", "--cells", "gru", "--progress", "none"]
-    assert run_bench_cli(parser.parse_args(args)) == 0
-    assert seen == {"grid": ((2, 3, 2, 4), (1, 5, 1, 2)), "cells": ("gru",), "repeats": 5}
-    assert capsys.readouterr().out.strip() == "report"
+    argv = ["bench", "--shape", "2,3,2,4", "--shape", "1,5,1,2", "--cells", "gru"]
+    argv += ["--progress", "none", "--json", str(tmp_path / "r.json")]
+    assert run_bench_cli(build_parser().parse_args(argv), run=fake_run_bench) == 0
+    assert seen == {
+        "grid": ((2, 3, 2, 4), (1, 5, 1, 2)),
+        "cells": ("gru",),
+        "repeats": 5,
+        "progress": "none",
+    }
+    assert capsys.readouterr().out.startswith("## Speed")  # the report, on stdout
+    records, meta = read_results(tmp_path / "r.json")
+    assert len(records) == 4 and meta["load_end"] >= 0
 
 
 def test_gpu_check_dry_run_on_cpu(tmp_path):
@@ -146,7 +166,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     out = tmp_path / "table.md"
     proc = subprocess.run(
-        [sys.executable, str(script), "--smoke", "--repeats", "3", "--out", str(out)],
+        [sys.executable, str(script), "--smoke", "--repeats", "3", "--out", str(out)]
+        + ["--json", str(tmp_path / "table.json")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -158,5 +179,9 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert [(r[0].strip(), r[2].strip()) for r in rows] == [
         (c, m) for c in ("rnn", "gru", "lstm") for m in ("fwd", "fwd+bwd")
     ]
-    for r in rows:
-        assert all(float(v) > 0 for v in r[3:7]), r
+    for r in rows:  # rounded to 0.01: a fast GPU may print 0.00
+        assert all(math.isfinite(float(v)) and float(v) >= 0 for v in r[3:7]), r
+    records, meta = read_results(tmp_path / "table.json")
+    assert meta["smoke"] is True and len(records) == 6
+    for rec in records:  # unrounded seconds
+        assert rec["seconds"]["torch_cudnn"] > 0 and rec["seconds"]["recurrax"] > 0

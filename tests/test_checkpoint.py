@@ -11,7 +11,8 @@ import optax
 import pytest
 
 import recurrax
-from recurrax._checkpoint import checkpoint_path
+from recurrax.apps.train import RecurrentModel
+from recurrax.io.checkpoint import checkpoint_path
 
 CONFIG = {"task": "digits", "cell": "lstm", "learning_rate": 0.01, "seed": 3}
 
@@ -19,7 +20,7 @@ CONFIG = {"task": "digits", "cell": "lstm", "learning_rate": 0.01, "seed": 3}
 @eqx.filter_jit
 def _state(key, steps=2):
     """A model and an Adam state that has taken ``steps`` steps (so its moments are not zero)."""
-    model = recurrax.RecurrentModel(recurrax.GRUCell(5, 3, key=key), 4, key=key)
+    model = RecurrentModel(recurrax.GRUCell(5, 3, key=key), 4, key=key)
     opt = optax.adam(1e-2)
     opt_state = opt.init(eqx.filter(model, eqx.is_array))
     for k in range(steps):
@@ -81,7 +82,7 @@ def test_other_settings_are_refused_and_nothing_is_written(saved):
 
 def test_other_model_or_optimizer_is_refused(saved, getkey):
     directory, _, opt_state = saved
-    other = recurrax.RecurrentModel(recurrax.GRUCell(6, 3, key=getkey()), 4, key=getkey())
+    other = RecurrentModel(recurrax.GRUCell(6, 3, key=getkey()), 4, key=getkey())
     with pytest.raises(ValueError, match=r"does not match the model: array '\.cell\.gates_kernel'"):
         recurrax.load_checkpoint(directory, model=other, opt_state=opt_state)
     model, _ = _state(getkey(), steps=0)

@@ -340,8 +340,8 @@ def _cases():
             "multi_not_a_cell",
             lambda: recurrax.MultiRNNCell([RNN, 3]),
             TypeError,
-            "cells[1] must be a cell: callable as cell(inputs, state) with state_size, "
-            "output_size and zero_state; got int",
+            "cells[1] must be a cell: callable as cell(inputs, state) -> (output, new_state), "
+            "with state_size and output_size; got int lacking ['state_size', 'output_size'].",
         ),
         (
             "multi_not_a_list",
@@ -456,10 +456,14 @@ def test_shape_checks_hold_under_jit():
         )
 
 
-def test_readme_quotes_the_current_messages():
-    """The README's "Errors" section shows two messages; they must be the ones raised."""
-    readme = (__import__("pathlib").Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("### Errors", 1)[1].split("##", 1)[0]
+@pytest.mark.parametrize(
+    "page, heading", [("README.md", "### Errors"), ("docs/contract.md", "## Errors")]
+)
+def test_docs_quote_the_current_messages(page, heading):
+    """The "Errors" sections of the README and the manual show two messages; they must be the
+    ones raised."""
+    text = (__import__("pathlib").Path(__file__).parents[1] / page).read_text()
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
     quoted = [line for line in section.splitlines() if line.startswith("ValueError: ")]
     assert len(quoted) >= 2
     raised = []

@@ -6,6 +6,8 @@ projection, a ``MultiRNNCell`` of them) x {no lengths, mixed lengths with 0 and 
 dispatch: user cells, wrappers and subclasses keep the generic path.
 """
 
+from functools import partial
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,10 +16,11 @@ import pytest
 from jax.test_util import check_grads
 
 import recurrax
-import recurrax._dynamic as dynamic_module
-import recurrax._fused as fused_module
-import recurrax._loop as loop_module
-from recurrax._fused import supports_fused
+from engine_hook import engine_rnn
+from recurrax.engine import options as engine_options
+from recurrax.engine.dispatch import takes_fused_path
+from recurrax.engine.fused import recurrence_of, supports_fused
+from recurrax.engine.options import projects_first, resolve_options
 from reference import (
     all_eqns,
     assert_tree_close,
@@ -50,11 +53,15 @@ def inputs(seed=0, batch=B, time=T):
     return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, time, F)))
 
 
-def loss_and_grads(cell, x, lengths, fused):
-    """Outputs, final state and the gradient of a loss reading both, w.r.t. weights and x."""
+def loss_and_grads(cell, x, lengths, fused, **engine):
+    """Outputs, final state and the gradient of a loss reading both, w.r.t. weights and x;
+    through the engine's entry point with ``engine`` options when given."""
 
     def loss(cx):
-        out, state = recurrax.dynamic_rnn(cx[0], cx[1], lengths, dtype=jnp.float64, fused=fused)
+        if engine:
+            out, state = engine_rnn(cx[0], cx[1], lengths, fused=fused, **engine)
+        else:
+            out, state = recurrax.dynamic_rnn(cx[0], cx[1], lengths, dtype=jnp.float64, fused=fused)
         total = jnp.sum(jnp.sin(out)) + sum(jnp.sum(s**2) for s in jax.tree.leaves(state))
         return total, (out, state)
 
@@ -98,29 +105,30 @@ def test_fused_gradients_equal_generic(kind, lengths):
 
 
 @pytest.mark.parametrize("kind", ["basic_rnn", "gru", "lstm_full"])
-def test_projection_before_the_loop(kind, monkeypatch):
+def test_projection_before_the_loop(kind):
     """XW = X @ W_x for all steps before the loop (the choice on GPU, and on CPU for a large
-    W_x) gives the same values and gradients; with traced lengths too."""
-    monkeypatch.setattr(fused_module, "INPUT_PROJECTION", "before_loop")
+    W_x) gives the same values and gradients; with traced lengths too; and so does the
+    projection inside each step."""
     cell, x = cell_of(kind), inputs(10)
     want = loss_and_grads(cell, x, MIXED, False)
-    assert_tree_close(loss_and_grads(cell, x, MIXED, True), want, 1e-11, 1e-12)
+    for where in ("before_loop", "in_loop"):
+        got = loss_and_grads(cell, x, MIXED, True, input_projection=where)
+        assert_tree_close(got, want, 1e-11, 1e-12)
     if kind == "lstm_full":
-        traced = eqx.filter_jit(lambda c, x, n: loss_and_grads(c, x, n, True))
+        traced = eqx.filter_jit(
+            lambda c, x, n: loss_and_grads(c, x, n, True, input_projection="before_loop")
+        )
         assert_tree_close(traced(cell, x, jnp.asarray(MIXED)), want, 1e-11, 1e-12)
-    monkeypatch.setattr(fused_module, "INPUT_PROJECTION", "sideways")
-    with pytest.raises(ValueError, match=r"INPUT_PROJECTION must be 'auto', 'before_loop' or"):
-        recurrax.dynamic_rnn(cell, x, dtype=jnp.float64)
+    with pytest.raises(ValueError, match=r"input_projection must be one of \('auto', 'before"):
+        engine_rnn(cell, x, None, input_projection="sideways")
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
-def test_automatic_input_projection(backend, monkeypatch):
-    """``INPUT_PROJECTION="auto"``: before the loop off CPU; on CPU before the loop for one-gate
+def test_automatic_input_projection(backend):
+    """``input_projection="auto"``: before the loop off CPU; on CPU before the loop for one-gate
     cells and for a ``W_x`` over CPU_CACHE_BYTES, else inside each step."""
-    from recurrax._fused_cells import kernel_for
-
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    big = fused_module.CPU_CACHE_BYTES // 4 // 12 + 1  # rows of W_x making it just too large
+    cache = engine_options.CPU_CACHE_BYTES
+    big = cache // 4 // 12 + 1  # rows of W_x making it just too large
     for cls, gates in (
         (recurrax.BasicRNNCell, 1),
         (recurrax.GRUCell, 3),
@@ -128,12 +136,13 @@ def test_automatic_input_projection(backend, monkeypatch):
     ):
         for n_in, large in ((8, False), (big, True)):
             cell = cls(4, n_in, key=jax.random.key(0))
-            kernel = kernel_for(cell)
-            w_x = kernel.params(cell)[0][0]
-            assert kernel.gates == gates and w_x.shape == (n_in, 4 * gates)
-            assert (w_x.size * 4 > fused_module.CPU_CACHE_BYTES) == (large and gates > 1)
+            recurrence = recurrence_of(cell)
+            w_x = recurrence.params(cell)[0][0]
+            assert recurrence.gates == gates and w_x.shape == (n_in, 4 * gates)
+            assert (w_x.size * 4 > cache) == (large and gates > 1)
             want = backend == "gpu" or gates == 1 or (large and gates > 1)
-            assert fused_module._project_first(w_x, kernel) == want, (cls, n_in, backend)
+            got = projects_first(resolve_options(), w_x, gates, backend)
+            assert got == want, (cls, n_in, backend)
 
 
 def test_traced_lengths_early_exit():
@@ -148,22 +157,21 @@ def test_traced_lengths_early_exit():
 
 
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
-def test_traced_lengths_run_in_chunks(time_major, monkeypatch):
+def test_traced_lengths_run_in_chunks(time_major):
     """Traced lengths: chunks of 3 steps over T = 10 (the last one padded), stopping after the
     chunk holding the longest row, the backward pass recomputing chunk by chunk. Against the
     generic path with concrete lengths (a plain lax.scan and XLA's autodiff), for losses on
     outputs and state, on the state only (no output cotangent), with and without input
     gradients."""
-    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 3)
     time = 10
     cell, x = cell_of("multi"), inputs(4, time=time)  # a GRU, then an LSTMCell with options
     if time_major:
         x = jnp.swapaxes(x, 0, 1)
 
     def loss(cell, x, lengths, fused, outputs):
-        out, state = recurrax.dynamic_rnn(
-            cell, x, lengths, dtype=jnp.float64, time_major=time_major, fused=fused
-        )
+        # The fused run through the engine's entry point with chunks of 3 steps.
+        run = partial(engine_rnn, exit_chunk=3) if fused else partial(recurrax.dynamic_rnn)
+        out, state = run(cell, x, lengths, time_major=time_major, fused=fused)
         total = sum(jnp.sum(s * jnp.cos(s)) for s in jax.tree.leaves(state))
         return total + (jnp.sum(jnp.sin(out) * x[..., :1]) if outputs else 0.0), out
 
@@ -259,15 +267,21 @@ def _scan_unrolls(fn, *args) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
-def test_default_unroll_per_backend(backend, monkeypatch):
+def test_default_unroll_per_backend(backend):
     """``unroll=None`` (the default): 8 steps per iteration on the fused path on a GPU, else 1;
-    the generic path keeps 1. Values do not depend on it (run here on CPU either way)."""
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    the generic path keeps 1. The programs built here follow this machine's backend; values do
+    not depend on unroll."""
+    gpu_unroll = engine_options.GPU_UNROLL
+    options = resolve_options()
+    assert options.unroll_for(True, backend) == (gpu_unroll if backend == "gpu" else 1)
+    assert options.unroll_for(False, backend) == 1
+    assert resolve_options(unroll=3).unroll_for(True, backend) == 3
+    here = jax.default_backend()
     cell = cell_of("lstm")
     x = inputs(11)
     fused = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x)[0], x)
     generic = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, fused=False)[0], x)
-    assert fused == [fused_module.GPU_UNROLL if backend == "gpu" else 1]
+    assert fused == [gpu_unroll if here == "gpu" else 1]
     assert generic == [1]
     assert _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, unroll=2)[0], x) == [2]
     want = recurrax.dynamic_rnn(cell, x, MIXED, fused=False, unroll=1)
@@ -279,7 +293,7 @@ class MyGRU(recurrax.GRUCell):
 
 
 @pytest.mark.parametrize("kind", GENERIC_KINDS + ["subclass", "multi_with_user"])
-def test_other_cells_take_the_generic_path(kind, monkeypatch):
+def test_other_cells_take_the_generic_path(kind):
     if kind == "subclass":
         cell = MyGRU(4, F, key=jax.random.key(0), dtype=jnp.float64)
     elif kind == "multi_with_user":
@@ -287,25 +301,30 @@ def test_other_cells_take_the_generic_path(kind, monkeypatch):
     else:
         cell = make_cell(kind, F if kind != "residual" else F)
     assert not supports_fused(cell)
-    calls = []
-    monkeypatch.setattr(dynamic_module, "fused_dynamic_rnn", lambda *a: calls.append(a))
+    assert not takes_fused_path(cell, resolve_options())
     out, _ = recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64)
-    assert calls == [] and out.shape[:2] == (B, T)
+    assert out.shape[:2] == (B, T)
     with pytest.raises(ValueError, match=r"fused=True needs a BasicRNNCell, .*got "):
         recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64, fused=True)
 
 
-def test_dispatch_follows_the_memory_strategy(monkeypatch):
+def test_dispatch_follows_the_memory_strategy():
     cell, x = make_cell("basic_lstm", F), inputs(8)
-    calls = []
-    real = dynamic_module.fused_dynamic_rnn
-    monkeypatch.setattr(dynamic_module, "fused_dynamic_rnn", lambda *a: calls.append(1) or real(*a))
-    recurrax.dynamic_rnn(cell, x)
-    recurrax.dynamic_rnn(cell, x, memory=recurrax.StoreAll())
-    assert len(calls) == 2
-    recurrax.dynamic_rnn(cell, x, memory="recompute")
-    recurrax.dynamic_rnn(cell, x, fused=False)
-    assert len(calls) == 2
+    for options, fused in (
+        ({}, True),
+        ({"memory": recurrax.StoreAll()}, True),
+        ({"memory": "recompute"}, False),
+        ({"memory_budget": 10**6}, False),
+        ({"swap_memory": True}, False),
+        ({"fused": False}, False),
+    ):
+        assert takes_fused_path(cell, resolve_options(**options)) == fused, options
+    # The fused path's program is a custom_jvp around its loop; the generic one has none.
+    names = lambda **kw: {
+        e.primitive.name
+        for e in all_eqns(jax.make_jaxpr(lambda x: recurrax.dynamic_rnn(cell, x, **kw))(x))
+    }
+    assert "custom_jvp_call" in names() and "custom_jvp_call" not in names(fused=False)
     with pytest.raises(ValueError, match=r"fused=True stores every step's values: it needs"):
         recurrax.dynamic_rnn(cell, x, memory="recompute", fused=True)
     with pytest.raises(TypeError, match=r"fused must be None \(automatic\), True or False; got"):

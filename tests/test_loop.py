@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import recurrax
-import recurrax._loop as loop_module
-from recurrax._loop import run_loop, trip_count
+from engine_hook import engine_bidirectional, engine_rnn
+from recurrax.engine.loop import run_loop, trip_count
 from reference import (
     all_eqns,
     assert_tree_close,
@@ -200,26 +200,22 @@ def test_unroll_puts_copies_of_the_step_in_the_program():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["dynamic", "bidirectional"])
-def test_early_exit_gradients_equal_full_scan(bidirectional, monkeypatch):
+def test_early_exit_gradients_equal_full_scan(bidirectional):
     """Gradients through the early-exit loop (its custom VJP) equal lax.scan's over all T.
 
     Traced lengths store the steps' values one segment at a time: segments of 3 steps here.
     (test_memory.py runs this for every strategy and cell; here: more length patterns.)
     """
-    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 3)
     cell = make_cell("user", F)
     x = jnp.asarray(inputs()).swapaxes(0, 1)  # (T, B, F)
     s0 = initial_state(cell)
+    chunks = dict(time_major=True, unroll=2, exit_chunk=3)
 
     def loss(cell, x, s0, lengths, engine):
         if bidirectional and engine:
-            outs, states = recurrax.bidirectional_dynamic_rnn(
-                cell, cell, x, lengths, s0, s0, dtype=jnp.float64, time_major=True, unroll=2
-            )
+            outs, states = engine_bidirectional(cell, cell, x, lengths, s0, s0, **chunks)
         elif engine:
-            outs, states = recurrax.dynamic_rnn(
-                cell, x, lengths, s0, dtype=jnp.float64, time_major=True, unroll=2
-            )
+            outs, states = engine_rnn(cell, x, lengths, s0, **chunks)
         elif bidirectional:
             outs, states = scan_bidirectional(cell, cell, x, s0, s0, lengths)
         else:
@@ -264,16 +260,15 @@ def test_cell_runs_only_up_to_the_longest_row(unroll):
     assert counter.take() == 2 * 5
 
 
-def test_segments_past_one_chunk_are_recomputed_once(monkeypatch):
+def test_segments_past_one_chunk_are_recomputed_once():
     """T > EXIT_CHUNK with traced lengths: values are stored one segment at a time and each
     segment is recomputed once, so the cell runs exactly max(lengths) steps forward and as many
     again in the backward pass, whatever the padded T."""
-    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 4)
     counter = Counter()
     cell = CountingCell(make_cell("user", F), counter)
     x = jnp.asarray(inputs(time=12))
     grad = eqx.filter_jit(
-        eqx.filter_grad(lambda c, n: jnp.sum(recurrax.dynamic_rnn(c, x, n, dtype=x.dtype)[0]))
+        eqx.filter_grad(lambda c, n: jnp.sum(engine_rnn(c, x, n, dtype=x.dtype, exit_chunk=4)[0]))
     )
     for lengths in ([0, 5, 3, 1], [12, 0, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]):
         jax.block_until_ready(grad(cell, jnp.array(lengths)))
@@ -375,19 +370,18 @@ MEMORIES = ["store", "recompute", recurrax.CheckpointEvery(3), recurrax.Revolve(
 
 @pytest.mark.parametrize("time_major", [False, True], ids=["batch_major", "time_major"])
 @pytest.mark.parametrize("memory", MEMORIES, ids=str)
-def test_layouts_with_traced_lengths_equal_full_scan(memory, time_major, monkeypatch):
+def test_layouts_with_traced_lengths_equal_full_scan(memory, time_major):
     """Values and gradients (weights, initial state, inputs) in either layout, every strategy,
     equal the plain ``lax.scan``'s; inputs past each row's length get exactly zero gradient."""
-    monkeypatch.setattr(loop_module, "EXIT_CHUNK", 4)  # "store": segments of 4 and 3 steps
     cell = make_cell("user", F)
     x = jnp.asarray(inputs() if not time_major else inputs().swapaxes(0, 1))
     s0 = initial_state(cell)
     to_tm = (lambda a: a) if time_major else (lambda a: jnp.swapaxes(a, 0, 1))
 
     def run(cell, x, s0, lengths, engine):
-        if engine:
-            return recurrax.dynamic_rnn(
-                cell, x, lengths, s0, time_major=time_major, memory=memory, unroll=2
+        if engine:  # "store": segments of 4 and 3 steps
+            return engine_rnn(
+                cell, x, lengths, s0, time_major=time_major, memory=memory, unroll=2, exit_chunk=4
             )
         outs, state = scan_rnn(cell, to_tm(x), s0, lengths)
         return to_tm(outs), state  # back to the caller's layout

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax._memory import (
-    plan_memory,
+from recurrax.engine.planner import plan_memory, segment_length
+from recurrax.engine.revolve import (
     revolve_advances,
     revolve_split,
     revolve_split_py,
     revolve_tables,
-    segment_length,
 )
 from reference import MinimalRNNCell, assert_tree_close
 from test_loop import (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax._serialize import read_arrays, write_arrays
+from recurrax.io.weights import read_arrays, write_arrays
 
 
 def _leaves(tree):
@@ -52,7 +52,7 @@ def test_round_trip_is_bit_exact(tmp_path, getkey, dtype):
 
 
 def test_model_built_from_cells_round_trips(tmp_path, getkey):
-    from recurrax._train import RecurrentModel
+    from recurrax.apps.train import RecurrentModel
 
     model = RecurrentModel(recurrax.BasicLSTMCell(7, 8, key=getkey()), 10, key=getkey())
     recurrax.save_weights(tmp_path / "m.rcx", model, meta={"cell": "lstm"})

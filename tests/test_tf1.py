@@ -227,8 +227,8 @@ def test_ambiguous_type_and_cell_errors(getkey, lstm_vars):
     ints = {k: v.astype(np.int32) for k, v in lstm_vars.items()}
     with pytest.raises(TypeError, match="must hold floating values; got int32"):
         recurrax.load_tf1_weights(cell, ints)
-    with pytest.raises(TypeError, match="to have TF1 variable names; got RecurrentModel"):
-        recurrax.tf1_variable_names(recurrax.RecurrentModel(cell, 2, key=getkey()))
+    with pytest.raises(TypeError, match="to have TF1 variable names; got Linear"):
+        recurrax.tf1_variable_names(eqx.nn.Linear(4, 2, key=getkey()))
     with pytest.raises(ValueError, match="scope must be a non-empty string"):
         recurrax.tf1_weights(cell, scope="/")
 

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import recurrax
-from recurrax._checkpoint import checkpoint_path
-from recurrax.cli import main
+from recurrax.apps.cli import main
+from recurrax.apps.train import TrainConfig, train
+from recurrax.io.checkpoint import checkpoint_path
 
 # 1437 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
-TINY = recurrax.TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
+TINY = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
 
 
 def _bits(tree):
@@ -30,7 +31,7 @@ def _bits(tree):
 def interrupted(tmp_path_factory):
     """A run of TINY stopped after 7 steps (mid-epoch), with its checkpoint."""
     directory = tmp_path_factory.mktemp("interrupted")
-    result = recurrax.train(TINY, save_dir=directory, stop_after=7)
+    result = train(TINY, save_dir=directory, stop_after=7)
     return directory, result
 
 
@@ -38,8 +39,8 @@ def test_resume_is_bit_identical(interrupted, tmp_path):
     directory, first = interrupted
     assert first.step == 7
     shutil.copytree(directory, tmp_path / "run")
-    resumed = recurrax.train(TINY, save_dir=tmp_path / "run", resume=True)
-    straight = recurrax.train(TINY)
+    resumed = train(TINY, save_dir=tmp_path / "run", resume=True)
+    straight = train(TINY)
     assert resumed.step == straight.step == 44
     assert _bits(resumed.model) == _bits(straight.model)
     assert _bits(resumed.opt_state) == _bits(straight.opt_state)
@@ -58,31 +59,31 @@ def test_resume_refuses_other_settings_or_a_damaged_checkpoint(interrupted, tmp_
     run = tmp_path / "run"
     shutil.copytree(directory, run)
     before = checkpoint_path(run).read_bytes()
-    other = recurrax.TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.9)
+    other = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.9)
     with pytest.raises(ValueError, match="keep_prob: checkpoint has 0.8, this run has 0.9"):
-        recurrax.train(other, save_dir=run, resume=True)
+        train(other, save_dir=run, resume=True)
     checkpoint_path(run).write_bytes(before[:-100])
     with pytest.raises(ValueError, match="is truncated"):
-        recurrax.train(TINY, save_dir=run, resume=True)
+        train(TINY, save_dir=run, resume=True)
     assert checkpoint_path(run).read_bytes() == before[:-100]  # nothing overwritten
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
-        recurrax.train(TINY, save_dir=tmp_path / "empty", resume=True)
+        train(TINY, save_dir=tmp_path / "empty", resume=True)
     with pytest.raises(ValueError, match="resume=True needs save_dir"):
-        recurrax.train(TINY, resume=True)
+        train(TINY, resume=True)
 
 
 _DATA_PARALLEL = """
 import json, os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax, numpy as np
-import recurrax
+from recurrax.apps.train import TrainConfig, train
 
 devices = jax.devices()
 assert len(devices) == 4, devices
-cfg = recurrax.TrainConfig(task="sine", num_units=8, batch_size=64, keep_prob=0.8)
-one = recurrax.train(cfg, devices=devices[:1], stop_after=6)
-four = recurrax.train(cfg, stop_after=6)
-after_one_step = recurrax.train(cfg, devices=devices[:1], stop_after=1)  # compiled already
+cfg = TrainConfig(task="sine", num_units=8, batch_size=64, keep_prob=0.8)
+one = train(cfg, devices=devices[:1], stop_after=6)
+four = train(cfg, stop_after=6)
+after_one_step = train(cfg, devices=devices[:1], stop_after=1)  # compiled already
 
 
 def leaves(result):
@@ -104,7 +105,7 @@ out = {
     ],
 }
 try:
-    recurrax.train(recurrax.TrainConfig(batch_size=30))
+    train(TrainConfig(batch_size=30))
 except ValueError as e:
     out["error"] = str(e)
 print("RESULT " + json.dumps(out))
@@ -113,6 +114,7 @@ print("RESULT " + json.dumps(out))
 
 def test_data_parallel_matches_one_device():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"  # the four devices are forced host devices, even beside a GPU
     proc = subprocess.run(
         [sys.executable, "-c", _DATA_PARALLEL], capture_output=True, text=True, env=env
     )
@@ -129,8 +131,8 @@ def test_data_parallel_matches_one_device():
 @pytest.mark.slow
 def test_static_and_dynamic_modes_train_alike():
     runs = {
-        mode: recurrax.train(
-            recurrax.TrainConfig(cell="gru", mode=mode, num_units=8, batch_size=64),
+        mode: train(
+            TrainConfig(cell="gru", mode=mode, num_units=8, batch_size=64),
             stop_after=4,
             progress="rich" if mode == "static" else "none",
         )
@@ -163,17 +165,36 @@ def test_cli_sine_stops_resumes_beats_the_baseline_and_plots(tmp_path, capsys):
 
 
 def test_cli_reports_errors(tmp_path, capsys):
+    """Each a line on stderr and exit status 2, before a step is taken or a file written."""
     assert main(["train", "--resume"]) == 2
-    assert "resume=True needs save_dir" in capsys.readouterr().out
+    assert capsys.readouterr().err == (
+        "recurrax train: error: resume=True needs save_dir: the directory holding the checkpoint.\n"
+    )
     assert main(["train", "--save", str(tmp_path), "--resume"]) == 2
-    assert "no checkpoint at" in capsys.readouterr().out
+    assert "recurrax train: error: no checkpoint at" in capsys.readouterr().err
     assert main(["train", "--keep-prob", "1.5"]) == 2
-    assert "keep_prob must be in (0, 1]; got 1.5" in capsys.readouterr().out
+    assert "keep_prob must be in (0, 1]; got 1.5" in capsys.readouterr().err
+    assert main(["train", "--cell", "basic_rnn"]) == 2
+    assert "argument --cell: invalid choice: 'basic_rnn'" in capsys.readouterr().err
+    assert main(["train", "--stop-after", "0"]) == 2
+    assert "--stop-after must be a positive integer; got '0'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_a_checkpoint_of_other_settings(interrupted, tmp_path, capsys):
+    directory, _ = interrupted
+    shutil.copytree(directory, tmp_path / "run")
+    argv = ["train", "--num-units", "16", "--batch-size", "64", "--epochs", "2"]
+    assert main([*argv, "--keep-prob", "0.9", "--save", str(tmp_path / "run"), "--resume"]) == 2
+    captured = capsys.readouterr()
+    assert "keep_prob: checkpoint has 0.8, this run has 0.9" in captured.err
+    assert len(captured.err.splitlines()) == 1 and captured.out == ""
 
 
 def test_config_is_validated():
-    with pytest.raises(ValueError, match=r"cell must be one of \['basic_rnn', 'gru', 'lstm'\]"):
-        recurrax.TrainConfig(cell="lstm2")
+    with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm', 'rnn'\]"):
+        TrainConfig(cell="basic_rnn")
     with pytest.raises(ValueError, match="num_units must be a positive int; got 0"):
-        recurrax.TrainConfig(num_units=0)
-    assert recurrax.TrainConfig(task="sine").epochs == 20
+        TrainConfig(num_units=0)
+    assert TrainConfig(task="sine").epochs == 20
+    assert TrainConfig(cell="rnn").cell == "rnn"

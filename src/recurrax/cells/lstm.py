@@ -1,0 +1,297 @@
+"""``BasicLSTMCell`` and ``LSTMCell``: TF1's LSTM cells (gate order ``i, j, f, o``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .base import (
+    Cell,
+    LSTMStateTuple,
+    check_activation,
+    check_float_dtype,
+    check_key,
+    check_positive_int,
+    glorot_uniform,
+)
+from .recurrence import flat, input_rows, is_zero, pre_activation, previous, times, with_slope
+
+__all__ = ["BasicLSTMCell", "LSTMCell", "LSTMRecurrence"]
+
+
+def _clip(limit: float):
+    return lambda x: jnp.clip(x, -limit, limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMRecurrence:
+    """Both LSTM cells: peepholes, cell clipping and the projection as TF1's ``LSTMCell``.
+    State ``(c, m)``; ``m = h`` without a projection.
+
+    The tangent of a step is ``a = (dz_t + m_dot @ W_h) * G``, ``c' = F*c_dot + a_i + a_j + a_f``,
+    ``m' = K*c' + a_o`` (then ``@ P`` and the clip's slope with a projection), where the per-step
+    coefficients ``G [B, 4u]``, ``F``, ``K [B, u]`` absorb the gates' slopes, the peepholes and
+    the slope of ``cell_clip``.
+    """
+
+    gates: ClassVar[int] = 4  # column blocks of the pre-activations
+    activation: Callable
+    forget_bias: float
+    peepholes: bool = False
+    cell_clip: float | None = None
+    projection: bool = False
+    proj_clip: float | None = None
+
+    def params(self, cell):
+        w_x, w_h = input_rows(cell.kernel, cell.input_size)
+        return (w_x, cell.bias), (w_h, *self._extras(cell))
+
+    def _extras(self, cell):
+        peep = (cell.w_i_diag, cell.w_f_diag, cell.w_o_diag) if self.peepholes else None
+        return peep, (cell.projection_kernel if self.projection else None)
+
+    def fold(self, w_x, b, rec):
+        return jnp.concatenate([w_x, rec[0]]), b
+
+    def cell_weights(self, cell):
+        return (None, *self._extras(cell)), (cell.kernel, cell.bias)
+
+    def step(self, rec, x_t, state, fold, slopes: bool = True):
+        w_h, peep, proj = rec
+        c, m = state
+        act, sigmoid = self.activation, jax.nn.sigmoid
+        zi, zj, zf, zo = jnp.split(pre_activation(x_t, m, w_h, fold), 4, axis=-1)
+        if peep is not None:
+            zi, zf = zi + peep[0] * c, zf + peep[1] * c
+        i, di = with_slope(sigmoid, zi, slopes)
+        j, dj = with_slope(act, zj, slopes)
+        f, df = with_slope(sigmoid, zf + self.forget_bias, slopes)
+        c_new = f * c + i * j
+        if self.cell_clip is not None:
+            c_new, clip_slope = with_slope(_clip(self.cell_clip), c_new, slopes)
+        if peep is not None:
+            zo = zo + peep[2] * c_new
+        o, do = with_slope(sigmoid, zo, slopes)
+        a_c, da_c = with_slope(act, c_new, slopes)
+        m_pre = m_new = o * a_c
+        if proj is not None:
+            m_new = m_pre @ proj
+            if self.proj_clip is not None:
+                m_new, proj_slope = with_slope(_clip(self.proj_clip), m_new, slopes)
+        new_state = LSTMStateTuple(c_new, m_new)
+        if not slopes:
+            return m_new, new_state, None, None
+        # Local derivatives, for the tangent (see the class docstring).
+        k_i, k_j, k_f, k_c = di * j, i * dj, df * c, f
+        if peep is not None:
+            k_c = k_c + k_i * peep[0] + k_f * peep[1]
+        if self.cell_clip is not None:
+            k_i, k_j, k_f, k_c = (clip_slope * k for k in (k_i, k_j, k_f, k_c))
+        k_o, k_m = do * a_c, o * da_c
+        if peep is not None:
+            k_m = k_m + k_o * peep[2]
+        coef = [jnp.concatenate([k_i, k_j, k_f, k_o], axis=-1), k_c, k_m]
+        if proj is not None and self.proj_clip is not None:
+            coef.append(proj_slope)
+        saved = (c_new if peep is not None else None, m_pre if proj is not None else None)
+        return m_new, new_state, tuple(coef), saved
+
+    def tangent(self, rec_t, coef, dz_t, extra_t, state_dot):
+        w_h_t, _, proj_t = rec_t
+        c_dot, m_dot = state_dot
+        gates, k_c, k_m = coef[:3]
+        a_i, a_j, a_f, a_o = jnp.split((dz_t + times(m_dot, w_h_t)) * gates, 4, axis=-1)
+        c_new = k_c * c_dot + a_i + a_j + a_f
+        m_new = k_m * c_new + a_o
+        if proj_t is not None:
+            m_new = times(m_new, proj_t) if extra_t is None else times(m_new, proj_t) + extra_t
+            if self.proj_clip is not None:
+                m_new = coef[3] * m_new
+        return m_new, LSTMStateTuple(c_new, m_new)
+
+    def weight_dot(self, rec_dot, state0, ys, coef, saved):
+        w_h_dot, peep_dot, proj_dot = rec_dot
+        c_new, m_pre = saved
+        parts = [] if is_zero(w_h_dot) else [previous(state0.h, ys) @ w_h_dot]
+        if peep_dot is not None and not all(is_zero(p) for p in peep_dot):
+            c, c_new = previous(state0.c, c_new), flat(c_new)
+            zero = jnp.zeros_like(c)
+            i_dot, f_dot, o_dot = (
+                zero if is_zero(p) else s * p for p, s in zip(peep_dot, (c, c, c_new))
+            )
+            parts.append(jnp.concatenate([i_dot, zero, f_dot, o_dot], axis=-1))
+        dz = sum(parts[1:], parts[0]) if parts else None
+        if not self.projection or is_zero(proj_dot):
+            return dz, None
+        return dz, flat(m_pre) @ proj_dot
+
+
+class BasicLSTMCell(Cell):
+    r"""TF1's basic LSTM cell (no peepholes, no clipping, no projection).
+
+    ``i, j, f, o = split(concat(x, h) @ kernel + bias, 4)`` (TF1's gate order);
+    ``c' = c * sigmoid(f + forget_bias) + sigmoid(i) * activation(j)``;
+    ``h' = activation(c') * sigmoid(o)``.
+
+    **Arguments:** ``num_units``, ``input_size``, ``key``, ``forget_bias`` (default 1.0, added at
+    run time, not stored in ``bias``), ``activation`` (default ``jnp.tanh``), ``dtype``.
+
+    **Weights:** ``kernel [input_size + u, 4u]``, ``bias [4u]`` (zeros); TF1:
+    ``basic_lstm_cell/kernel``, ``basic_lstm_cell/bias``.
+
+    **Call:** ``cell(inputs [B, input_size], LSTMStateTuple(c [B, u], h [B, u]))
+    -> (h' [B, u], LSTMStateTuple(c', h'))``.
+
+    **Example:**
+
+    >>> cell = recurrax.BasicLSTMCell(8, 3, key=jax.random.key(0))
+    >>> h, (c, h) = cell(jnp.ones((4, 3)), cell.zero_state(4))
+    """
+
+    kernel: jax.Array
+    bias: jax.Array
+    forget_bias: float = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+    tf1_scope: ClassVar[str] = "basic_lstm_cell"
+    tf1_variables: ClassVar = (("kernel", "kernel"), ("bias", "bias"))
+
+    def __init__(
+        self,
+        num_units,
+        input_size,
+        *,
+        key,
+        forget_bias: float = 1.0,
+        activation=jnp.tanh,
+        dtype=jnp.float32,
+    ):
+        self.num_units = u = check_positive_int(num_units, "num_units")
+        self.input_size = n = check_positive_int(input_size, "input_size")
+        dtype = check_float_dtype(dtype, "dtype")
+        self.forget_bias = float(forget_bias)
+        self.activation = check_activation(activation)
+        self.kernel = glorot_uniform(check_key(key), (n + u, 4 * u), dtype)
+        self.bias = jnp.zeros((4 * u,), dtype)
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_units)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_units
+
+    def recurrence(self) -> LSTMRecurrence:
+        return LSTMRecurrence(self.activation, self.forget_bias)
+
+
+class LSTMCell(Cell):
+    r"""TF1's full LSTM cell: optional peepholes, cell clipping and an output projection.
+
+    With ``i, j, f, o = split(concat(x, m) @ kernel + bias, 4)``:
+
+    - ``c' = sigmoid(f + forget_bias + w_f_diag * c) * c + sigmoid(i + w_i_diag * c) * act(j)``
+      (the ``w_*_diag`` terms only with ``use_peepholes``), then clipped to ``±cell_clip``;
+    - ``m' = sigmoid(o + w_o_diag * c') * act(c')``, then ``m' @ projection_kernel`` when
+      ``num_proj`` is set, clipped to ``±proj_clip``.
+
+    **Weights:** ``kernel [input_size + p, 4u]`` where ``p = num_proj or u``, ``bias [4u]``;
+    with peepholes ``w_f_diag``, ``w_i_diag``, ``w_o_diag`` ``[u]``; with ``num_proj``
+    ``projection_kernel [u, num_proj]`` (TF1: ``lstm_cell/projection/kernel``). Absent weights
+    are ``None``.
+
+    **Call:** ``cell(inputs [B, input_size], LSTMStateTuple(c [B, u], m [B, p]))
+    -> (m' [B, p], LSTMStateTuple(c', m'))``.
+
+    **Example:**
+
+    >>> cell = recurrax.LSTMCell(8, 3, key=jax.random.key(0), use_peepholes=True, num_proj=4)
+    >>> m, (c, m) = cell(jnp.ones((2, 3)), cell.zero_state(2))
+    """
+
+    kernel: jax.Array
+    bias: jax.Array
+    w_f_diag: jax.Array | None
+    w_i_diag: jax.Array | None
+    w_o_diag: jax.Array | None
+    projection_kernel: jax.Array | None
+    use_peepholes: bool = eqx.field(static=True)
+    cell_clip: float | None = eqx.field(static=True)
+    num_proj: int | None = eqx.field(static=True)
+    proj_clip: float | None = eqx.field(static=True)
+    forget_bias: float = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+    tf1_scope: ClassVar[str] = "lstm_cell"
+    tf1_variables: ClassVar = (
+        ("kernel", "kernel"),
+        ("bias", "bias"),
+        ("w_f_diag", "w_f_diag"),
+        ("w_i_diag", "w_i_diag"),
+        ("w_o_diag", "w_o_diag"),
+        ("projection/kernel", "projection_kernel"),
+    )
+
+    def __init__(
+        self,
+        num_units,
+        input_size,
+        *,
+        key,
+        use_peepholes: bool = False,
+        cell_clip: float | None = None,
+        num_proj: int | None = None,
+        proj_clip: float | None = None,
+        forget_bias: float = 1.0,
+        activation=jnp.tanh,
+        dtype=jnp.float32,
+    ):
+        self.num_units = u = check_positive_int(num_units, "num_units")
+        self.input_size = n = check_positive_int(input_size, "input_size")
+        dtype = check_float_dtype(dtype, "dtype")
+        for name, clip in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
+            if clip is not None and not float(clip) > 0:
+                raise ValueError(f"{name} must be a positive number or None; got {clip}.")
+        if proj_clip is not None and num_proj is None:
+            raise ValueError("proj_clip needs num_proj: there is no projection to clip.")
+        self.num_proj = None if num_proj is None else check_positive_int(num_proj, "num_proj")
+        self.use_peepholes = bool(use_peepholes)
+        self.cell_clip = None if cell_clip is None else float(cell_clip)
+        self.proj_clip = None if proj_clip is None else float(proj_clip)
+        self.forget_bias = float(forget_bias)
+        self.activation = check_activation(activation)
+        p = self.num_proj or u
+        kkey, fkey, ikey, okey, pkey = jax.random.split(check_key(key), 5)
+        self.kernel = glorot_uniform(kkey, (n + p, 4 * u), dtype)
+        self.bias = jnp.zeros((4 * u,), dtype)
+        if self.use_peepholes:
+            self.w_f_diag = glorot_uniform(fkey, (u,), dtype)
+            self.w_i_diag = glorot_uniform(ikey, (u,), dtype)
+            self.w_o_diag = glorot_uniform(okey, (u,), dtype)
+        else:
+            self.w_f_diag = self.w_i_diag = self.w_o_diag = None
+        self.projection_kernel = (
+            glorot_uniform(pkey, (u, self.num_proj), dtype) if self.num_proj else None
+        )
+
+    @property
+    def state_size(self) -> LSTMStateTuple:
+        return LSTMStateTuple(self.num_units, self.num_proj or self.num_units)
+
+    @property
+    def output_size(self) -> int:
+        return self.num_proj or self.num_units
+
+    def recurrence(self) -> LSTMRecurrence:
+        return LSTMRecurrence(
+            self.activation,
+            self.forget_bias,
+            self.use_peepholes,
+            self.cell_clip,
+            self.num_proj is not None,
+            self.proj_clip,
+        )

@@ -1,0 +1,200 @@
+"""TF1 variable names for recurrax cells: import weights from, and export them to, TF1 layout.
+
+TF1 names a cell's variables by the variable scopes it creates when it is first called inside
+``tf.nn.dynamic_rnn`` / ``tf.nn.static_rnn`` (scope ``rnn``) or a bidirectional runner (scope
+``bidirectional_rnn``, then ``fw`` and ``bw``)::
+
+    rnn/basic_rnn_cell/kernel                      [in + u, u]
+    rnn/gru_cell/gates/kernel, .../gates/bias      [in + u, 2u], [2u]
+    rnn/gru_cell/candidate/kernel, .../bias        [in + u, u], [u]
+    rnn/basic_lstm_cell/kernel, .../bias           [in + u, 4u], [4u]
+    rnn/lstm_cell/kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection/kernel
+    rnn/multi_rnn_cell/cell_<k>/<the layer's names>
+    bidirectional_rnn/fw/<names>, bidirectional_rnn/bw/<names>
+
+``DropoutWrapper`` and ``ResidualWrapper`` add no scope of their own (as in TF1). The arrays have
+the same shapes and gate orders in recurrax, so they are copied as they are. Each built-in cell
+class declares its own scope and names (``tf1_scope``, ``tf1_variables``; ``cells/``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ..cells.base import Cell
+from ..cells.wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper
+
+__all__ = ["tf1_variable_names", "tf1_weights", "load_tf1_weights"]
+
+
+def _entries(cell, prefix: str, where: tuple) -> list[tuple[str, tuple]]:
+    """``[(TF1 name, attribute path from the root)]`` for every weight of ``cell``."""
+    if isinstance(cell, tuple) and len(cell) == 2 and not hasattr(cell, "state_size"):
+        return _entries(cell[0], f"{prefix}/fw", (*where, 0)) + _entries(
+            cell[1], f"{prefix}/bw", (*where, 1)
+        )
+    if isinstance(cell, MultiRNNCell):
+        out = []
+        for k, layer in enumerate(cell.cells):
+            out += _entries(layer, f"{prefix}/multi_rnn_cell/cell_{k}", (*where, "cells", k))
+        return out
+    if isinstance(cell, (DropoutWrapper, ResidualWrapper)):
+        return _entries(cell.cell, prefix, (*where, "cell"))
+    if not isinstance(cell, Cell):
+        raise TypeError(
+            "cell must be built from BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell, "
+            "MultiRNNCell, DropoutWrapper and ResidualWrapper (or be a (cell_fw, cell_bw) pair) "
+            f"to have TF1 variable names; got {type(cell).__name__}. Set the weights of other "
+            "cells with eqx.tree_at."
+        )
+    return [
+        (f"{prefix}/{cell.tf1_scope}/{tf_name}", (*where, attr))
+        for tf_name, attr in cell.tf1_variables
+        if getattr(cell, attr) is not None
+    ]
+
+
+def _get(tree, path: tuple):
+    for step in path:
+        tree = tree[step] if isinstance(step, int) else getattr(tree, step)
+    return tree
+
+
+def _default_scope(cell, scope: str | None) -> str:
+    if scope is not None:
+        if not isinstance(scope, str) or not scope.strip("/"):
+            raise ValueError(f"scope must be a non-empty string such as 'rnn'; got {scope!r}.")
+        return scope.strip("/")
+    is_pair = isinstance(cell, tuple) and not hasattr(cell, "state_size")
+    return "bidirectional_rnn" if is_pair else "rnn"
+
+
+def tf1_variable_names(cell, scope: str | None = None) -> list[str]:
+    """The TF1 names of ``cell``'s variables, in TF1's creation order.
+
+    **Arguments:**
+
+    - ``cell``: a built-in cell, a ``MultiRNNCell``/wrapper of them, or a ``(cell_fw, cell_bw)``
+      pair for a bidirectional runner.
+    - ``scope``: the TF1 variable scope the runner used; default ``"rnn"`` for one cell and
+      ``"bidirectional_rnn"`` for a pair (TF1's defaults). Outer scopes may be included, e.g.
+      ``"encoder/rnn"``.
+
+    **Returns:** a list of names without the ``":0"`` suffix, e.g.
+    ``["rnn/basic_lstm_cell/kernel", "rnn/basic_lstm_cell/bias"]``.
+    """
+    return [name for name, _ in _entries(cell, _default_scope(cell, scope), ())]
+
+
+def tf1_weights(cell, scope: str | None = None) -> dict[str, np.ndarray]:
+    """Export ``cell``'s weights as a dict of TF1 variable names (no ``":0"``) to NumPy arrays.
+
+    **Arguments:** as :func:`tf1_variable_names`.
+
+    **Returns:** ``{name: array}`` with TF1's shapes, e.g.
+    ``{"rnn/gru_cell/gates/kernel": [in + u, 2u], ...}``; ``load_tf1_weights`` reads it back.
+    """
+    return {
+        name: np.asarray(_get(cell, path))
+        for name, path in _entries(cell, _default_scope(cell, scope), ())
+    }
+
+
+_SUFFIX = re.compile(r":\d+$")
+
+
+def _match(expected: list[str], given: list[str]) -> tuple[dict[str, str], list[str], list[str]]:
+    """Map each expected name to the given name equal to it or ending in ``"/" + name``.
+
+    Returns ``(matches, missing, ambiguous)``.
+    """
+    matches, missing, ambiguous = {}, [], []
+    for name in expected:
+        found = [g for g in given if _SUFFIX.sub("", g) == name]
+        found = found or [g for g in given if _SUFFIX.sub("", g).endswith("/" + name)]
+        if not found:
+            missing.append(name)
+        elif len(found) > 1:
+            ambiguous.append(f"{name} <- {found}")
+        else:
+            matches[name] = found[0]
+    return matches, missing, ambiguous
+
+
+def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, strict: bool = True):
+    """Return ``cell`` with its weights taken from TF1 variables.
+
+    **Arguments:**
+
+    - ``cell``: a built-in cell, ``MultiRNNCell``/wrapper of them, or a ``(cell_fw, cell_bw)``
+      pair; it must have the TF1 model's sizes (``num_units``, ``input_size``, options).
+    - ``variables``: a mapping of TF1 variable names to arrays, e.g. from
+      ``{v.name: sess.run(v) for v in tf.global_variables()}`` or a checkpoint reader. Names may
+      end in ``":0"`` and may carry any outer scope (``"model/rnn/lstm_cell/kernel:0"``).
+    - ``scope``: as in :func:`tf1_variable_names`.
+    - ``strict``: if ``True`` (default), a variable that is not one of the cell's is an error;
+      with ``False`` other variables (say, a dense layer's) are ignored.
+
+    **Returns:** a copy of ``cell`` (or of the pair) holding the arrays, cast to the cell's dtype.
+
+    Raises ``ValueError`` for missing, unexpected (when ``strict``), ambiguous or wrongly shaped
+    variables, naming them; ``TypeError`` for a cell without TF1 names or a non-mapping.
+
+    **Example:**
+
+    >>> cell = recurrax.BasicLSTMCell(128, 32, key=jax.random.key(0))
+    >>> cell = recurrax.load_tf1_weights(cell, {"rnn/basic_lstm_cell/kernel:0": k,
+    ...                                         "rnn/basic_lstm_cell/bias:0": b})
+    """
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            f"variables must be a mapping of TF1 variable names to arrays; "
+            f"got {type(variables).__name__}."
+        )
+    entries = _entries(cell, _default_scope(cell, scope), ())
+    expected = [name for name, _ in entries]
+    given = [str(g) for g in variables]
+    matches, missing, ambiguous = _match(expected, given)
+    if ambiguous:
+        raise ValueError(
+            "variables holds several candidates for "
+            + "; ".join(ambiguous)
+            + ". Pass scope with the outer scopes that tell them apart, e.g. scope='encoder/rnn'."
+        )
+    if missing:
+        unused = [g for g in given if g not in matches.values()]
+        raise ValueError(
+            f"variables lacks {missing} (the cell's TF1 variables under scope "
+            f"{_default_scope(cell, scope)!r})"
+            + (f"; variables not matched: {unused}" if unused else "")
+            + ". Check the scope and the cell types (BasicLSTMCell is basic_lstm_cell, "
+            "LSTMCell lstm_cell)."
+        )
+    extra = [g for g in given if g not in matches.values()]
+    if strict and extra:
+        raise ValueError(
+            f"variables holds {extra}, which are not variables of this cell (it has "
+            f"{expected}). Pass strict=False to ignore them, or build the cell with those "
+            "options (peepholes, num_proj, more layers)."
+        )
+    new = []
+    for name, path in entries:
+        old = _get(cell, path)
+        value = np.asarray(variables[matches[name]])
+        if value.shape != old.shape:
+            raise ValueError(
+                f"TF1 variable {matches[name]!r} has shape {list(value.shape)} but the cell "
+                f"expects {list(old.shape)}. Build the cell with the TF1 model's num_units and "
+                "input_size (kernels are [input_size + num_units, k * num_units])."
+            )
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            raise TypeError(
+                f"TF1 variable {matches[name]!r} must hold floating values; got {value.dtype}."
+            )
+        new.append(jnp.asarray(value, old.dtype))
+    return eqx.tree_at(lambda c: [_get(c, path) for _, path in entries], cell, new)

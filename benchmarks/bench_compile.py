@@ -72,7 +72,7 @@ def _measure(spec: dict) -> dict:
             x = jax.ShapeDtypeStruct((b, T, i), jnp.float32)
             lengths = None
 
-        options = {} if spec.get("fused") is None else {"fused": spec["fused"]}
+        options = {"implementation": spec.get("implementation", "auto")}
 
         def fn(cell, x, lengths):
             return recurrax.dynamic_rnn(
@@ -237,7 +237,7 @@ def compile_huge(cell: str, small: int, huge: int, repeats: int, cap, mem, step,
     ]
 
 
-def early_exit(padded: int, longest: int, repeats: int, fused, cap, mem, step, done):
+def early_exit(padded: int, longest: int, repeats: int, implementation, cap, mem, step, done):
     lines = [
         f"| pass | padded T={padded} ms | unpadded T={longest} ms | padded / unpadded | "
         f"padded temp KiB | unpadded temp KiB |",
@@ -256,7 +256,7 @@ def early_exit(padded: int, longest: int, repeats: int, fused, cap, mem, step, d
                 mode=mode,
                 run=True,
                 repeats=repeats,
-                fused=fused,
+                implementation=implementation,
             )
             res[T] = run_one(spec, cap, mem)
             done(res[T])
@@ -296,10 +296,10 @@ def main(argv=None) -> int:
         "--parts", default="ratio,huge,early", help="comma-separated: ratio, huge, early"
     )
     parser.add_argument(
-        "--fused",
-        choices=("auto", "on", "off"),
+        "--implementation",
+        choices=("auto", "fused", "generic"),
         default="auto",
-        help="early exit: dynamic_rnn's fused fast path (auto: its default)",
+        help="early exit: dynamic_rnn's implementation= (auto: its default, the fused path)",
     )
     parser.add_argument("--progress", choices=MODES, default="auto", help="on stderr")
     parser.add_argument("--json", metavar="FILE", help="write every measurement to this file")
@@ -350,12 +350,18 @@ def main(argv=None) -> int:
             out += [
                 f"**Early exit** (lstm, {n} units, {i} inputs, batch {b}; lengths random in "
                 f"[1, {longest}], one row {longest}; run time = fastest of {run_repeats} calls; "
-                f"lengths are traced inputs; fused={args.fused}):",
+                f"lengths are traced inputs; implementation={args.implementation}):",
                 "",
             ]
-            fused = {"auto": None, "on": True, "off": False}[args.fused]
             out += early_exit(
-                padded, longest, run_repeats, fused, args.cap, args.mem_cap, step, done
+                padded,
+                longest,
+                run_repeats,
+                args.implementation,
+                args.cap,
+                args.mem_cap,
+                step,
+                done,
             )
     if args.json:
         write_results(args.json, records, dict(meta, **vars(args)))

@@ -5,8 +5,8 @@ times, forward and forward+backward (gradient of ``sum(outputs)`` w.r.t. the wei
 every implementation in the same process, round-robin, medians of timed rounds after warm-up:
 
 * recurrax ``dynamic_rnn`` with its defaults, fused path (on GPU it projects the inputs for all
-  steps before the loop and runs 8 steps per loop iteration) and generic path (``fused=False``,
-  one step per iteration);
+  steps before the loop and runs 8 steps per loop iteration) and generic path
+  (``implementation="generic"``, one step per iteration);
 * PyTorch ``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` (cuDNN);
 * for the LSTM, ``jax.experimental.rnn.lstm`` (JAX's binding of cuDNN's LSTM).
 
@@ -63,13 +63,13 @@ def check_fused_equals_generic() -> float:
     x = jax.random.normal(jax.random.key(1), (4, 9, 8))
     n = jnp.array([9, 0, 4, 7])
 
-    def loss(c, fused):
-        out, (cc, h) = recurrax.dynamic_rnn(c, x, n, fused=fused)
+    def loss(c, implementation):
+        out, (cc, h) = recurrax.dynamic_rnn(c, x, n, implementation=implementation)
         return jnp.sum(jnp.sin(out)) + jnp.sum(cc * h[:, :1])
 
     with jax.default_matmul_precision("highest"):
         f = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-        got, want = f(cell, True), f(cell, False)
+        got, want = f(cell, "fused"), f(cell, "generic")
     pairs = zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
     return max(float(jnp.max(jnp.abs(a - b))) for a, b in pairs)
 
@@ -80,7 +80,7 @@ def builders(case: Case, device: str) -> dict:
     fns = {}
     for impl, peer in (
         ("recurrax", recurrax_layer(case)),
-        ("recurrax_generic", recurrax_layer(case, fused=False)),
+        ("recurrax_generic", recurrax_layer(case, implementation="generic")),
         ("torch_cudnn", torch_layer(case, device=device)),
     ):
         fns.update({(impl, mode): fn for mode, fn in peer.items()})

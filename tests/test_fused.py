@@ -18,7 +18,7 @@ from jax.test_util import check_grads
 import recurrax
 from engine_hook import engine_rnn
 from recurrax.engine import options as engine_options
-from recurrax.engine.dispatch import takes_fused_path
+from recurrax.engine.dispatch import choose_path
 from recurrax.engine.fused import recurrence_of, supports_fused
 from recurrax.engine.options import projects_first, resolve_options
 from reference import (
@@ -36,6 +36,7 @@ GENERIC_KINDS = ["residual", "user", "dropout_keep1", "dropout"]
 B, T, F = 3, 5, 3
 MIXED = np.array([0, T, 2])  # a row of length 0, one of length T, one in between
 FAST = {"xla_backend_optimization_level": 0}  # small programs: compile them quickly
+PATH = {True: "fused", False: "generic"}  # the implementation= of a fused / generic run
 
 
 def cell_of(kind):
@@ -59,9 +60,11 @@ def loss_and_grads(cell, x, lengths, fused, **engine):
 
     def loss(cx):
         if engine:
-            out, state = engine_rnn(cx[0], cx[1], lengths, fused=fused, **engine)
+            out, state = engine_rnn(cx[0], cx[1], lengths, implementation=PATH[fused], **engine)
         else:
-            out, state = recurrax.dynamic_rnn(cx[0], cx[1], lengths, dtype=jnp.float64, fused=fused)
+            out, state = recurrax.dynamic_rnn(
+                cx[0], cx[1], lengths, dtype=jnp.float64, implementation=PATH[fused]
+            )
         total = jnp.sum(jnp.sin(out)) + sum(jnp.sum(s**2) for s in jax.tree.leaves(state))
         return total, (out, state)
 
@@ -84,7 +87,7 @@ def test_fused_equals_reference(kind, lengths, time_major):
         lengths,
         dtype=jnp.float64,
         time_major=time_major,
-        fused=True,
+        implementation="fused",
     )
     assert_tree_close((out if time_major else jnp.swapaxes(out, 0, 1), state), want, 1e-12, 1e-13)
     assert jax.tree.structure(state) == jax.tree.structure(cell.zero_state(B, jnp.float64))
@@ -171,7 +174,7 @@ def test_traced_lengths_run_in_chunks(time_major):
     def loss(cell, x, lengths, fused, outputs):
         # The fused run through the engine's entry point with chunks of 3 steps.
         run = partial(engine_rnn, exit_chunk=3) if fused else partial(recurrax.dynamic_rnn)
-        out, state = run(cell, x, lengths, time_major=time_major, fused=fused)
+        out, state = run(cell, x, lengths, time_major=time_major, implementation=PATH[fused])
         total = sum(jnp.sum(s * jnp.cos(s)) for s in jax.tree.leaves(state))
         return total + (jnp.sum(jnp.sin(out) * x[..., :1]) if outputs else 0.0), out
 
@@ -204,7 +207,8 @@ def test_finite_differences_forward_and_reverse_mode():
 
     @jax.jit
     def f(params, x, init):
-        out, state = recurrax.dynamic_rnn(eqx.combine(params, static), x, MIXED, init, fused=True)
+        cell = eqx.combine(params, static)
+        out, state = recurrax.dynamic_rnn(cell, x, MIXED, init, implementation="fused")
         return jnp.sum(out**2) + jnp.sum(state.c * state.h[:, :1])
 
     check_grads(f, (params, inputs(2), init), order=1, modes=["fwd", "rev"], atol=1e-6)
@@ -217,7 +221,7 @@ def test_jvp_and_vmap_equal_generic():
 
     def jvp(fused):
         run = lambda p, x: recurrax.dynamic_rnn(
-            eqx.combine(p, static), x, MIXED, dtype=jnp.float64, fused=fused
+            eqx.combine(p, static), x, MIXED, dtype=jnp.float64, implementation=PATH[fused]
         )
         return jax.jvp(run, (params, x), tangent)
 
@@ -229,7 +233,9 @@ def test_jvp_and_vmap_equal_generic():
     def per_example(fused):
         def one(x, n):
             def loss(x):
-                out, _ = recurrax.dynamic_rnn(cell, x, n, dtype=jnp.float64, fused=fused)
+                out, _ = recurrax.dynamic_rnn(
+                    cell, x, n, dtype=jnp.float64, implementation=PATH[fused]
+                )
                 return jnp.sum(jnp.sin(out))
 
             return jax.value_and_grad(loss)(x)
@@ -244,8 +250,8 @@ def test_dtypes_follow_the_generic_path():
     cell = make_cell("basic_lstm", F, jnp.float32)
     x = inputs(5)
     for dtype, tol in ((jnp.float64, 1e-6), (jnp.bfloat16, 2e-2)):
-        got = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, fused=True)
-        want = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, fused=False)
+        got = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, implementation="fused")
+        want = recurrax.dynamic_rnn(cell, x, MIXED, dtype=dtype, implementation="generic")
         assert jax.tree.map(lambda a: a.dtype, got) == jax.tree.map(lambda a: a.dtype, want)
         assert all(a.dtype == dtype for a in jax.tree.leaves(got))
         assert_tree_close(got, want, tol, tol)
@@ -254,9 +260,9 @@ def test_dtypes_follow_the_generic_path():
 def test_unroll_and_batch_one_time_one():
     cell = cell_of("gru")
     for x, lengths in ((inputs(6), None), (inputs(6, 1, 1), np.array([1]))):
-        want = recurrax.dynamic_rnn(cell, x, lengths, fused=False)
+        want = recurrax.dynamic_rnn(cell, x, lengths, implementation="generic")
         for unroll in (1, 3):
-            got = recurrax.dynamic_rnn(cell, x, lengths, unroll=unroll, fused=True)
+            got = recurrax.dynamic_rnn(cell, x, lengths, unroll=unroll, implementation="fused")
             assert_tree_close(got, want, 1e-12, 1e-13)
 
 
@@ -273,18 +279,18 @@ def test_default_unroll_per_backend(backend):
     not depend on unroll."""
     gpu_unroll = engine_options.GPU_UNROLL
     options = resolve_options()
-    assert options.unroll_for(True, backend) == (gpu_unroll if backend == "gpu" else 1)
-    assert options.unroll_for(False, backend) == 1
-    assert resolve_options(unroll=3).unroll_for(True, backend) == 3
+    assert options.unroll_for("fused", backend) == (gpu_unroll if backend == "gpu" else 1)
+    assert options.unroll_for("generic", backend) == 1
+    assert resolve_options(unroll=3).unroll_for("fused", backend) == 3
     here = jax.default_backend()
     cell = cell_of("lstm")
     x = inputs(11)
     fused = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x)[0], x)
-    generic = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, fused=False)[0], x)
+    generic = _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, implementation="generic")[0], x)
     assert fused == [gpu_unroll if here == "gpu" else 1]
     assert generic == [1]
     assert _scan_unrolls(lambda x: recurrax.dynamic_rnn(cell, x, unroll=2)[0], x) == [2]
-    want = recurrax.dynamic_rnn(cell, x, MIXED, fused=False, unroll=1)
+    want = recurrax.dynamic_rnn(cell, x, MIXED, implementation="generic", unroll=1)
     assert_tree_close(recurrax.dynamic_rnn(cell, x, MIXED), want, 1e-12, 1e-13)
 
 
@@ -301,41 +307,48 @@ def test_other_cells_take_the_generic_path(kind):
     else:
         cell = make_cell(kind, F if kind != "residual" else F)
     assert not supports_fused(cell)
-    assert not takes_fused_path(cell, resolve_options())
+    assert choose_path(cell, jnp.float64, resolve_options()) == "generic"
     out, _ = recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64)
     assert out.shape[:2] == (B, T)
-    with pytest.raises(ValueError, match=r"fused=True needs a BasicRNNCell, .*got "):
-        recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64, fused=True)
+    with pytest.raises(ValueError, match=r"implementation='fused' needs a BasicRNNCell, .*got "):
+        recurrax.dynamic_rnn(cell, inputs(7), dtype=jnp.float64, implementation="fused")
 
 
 def test_dispatch_follows_the_memory_strategy():
     cell, x = make_cell("basic_lstm", F), inputs(8)
-    for options, fused in (
-        ({}, True),
-        ({"memory": recurrax.StoreAll()}, True),
-        ({"memory": "recompute"}, False),
-        ({"memory_budget": 10**6}, False),
-        ({"swap_memory": True}, False),
-        ({"fused": False}, False),
+    for options, path in (
+        ({}, "fused"),
+        ({"memory": recurrax.StoreAll()}, "fused"),
+        ({"memory": "recompute"}, "generic"),
+        ({"memory_budget": 10**6}, "generic"),
+        ({"swap_memory": True}, "generic"),
+        ({"implementation": "generic"}, "generic"),
+        ({"implementation": "pallas"}, "pallas"),
     ):
-        assert takes_fused_path(cell, resolve_options(**options)) == fused, options
+        assert (
+            choose_path(
+                cell, jnp.float64 if path != "pallas" else jnp.float32, resolve_options(**options)
+            )
+            == path
+        ), options
     # The fused path's program is a custom_jvp around its loop; the generic one has none.
     names = lambda **kw: {
         e.primitive.name
         for e in all_eqns(jax.make_jaxpr(lambda x: recurrax.dynamic_rnn(cell, x, **kw))(x))
     }
-    assert "custom_jvp_call" in names() and "custom_jvp_call" not in names(fused=False)
-    with pytest.raises(ValueError, match=r"fused=True stores every step's values: it needs"):
-        recurrax.dynamic_rnn(cell, x, memory="recompute", fused=True)
-    with pytest.raises(TypeError, match=r"fused must be None \(automatic\), True or False; got"):
-        recurrax.dynamic_rnn(cell, x, fused="yes")
+    assert "custom_jvp_call" in names()
+    assert "custom_jvp_call" not in names(implementation="generic")
+    with pytest.raises(ValueError, match=r"implementation='fused' stores every step's values"):
+        recurrax.dynamic_rnn(cell, x, memory="recompute", implementation="fused")
+    with pytest.raises(ValueError, match=r"implementation must be one of \('auto', 'generic'"):
+        recurrax.dynamic_rnn(cell, x, implementation="cudnn")
 
 
 def test_backward_pass_has_cudnn_structure():
     """One loop forward and one backward; the backward loop holds one matmul per step (dZ_t @
     W_h^T) and the weight gradients are matmuls outside any loop."""
     cell, x = make_cell("basic_lstm", F), inputs(9)
-    grad = jax.grad(lambda c: jnp.sum(recurrax.dynamic_rnn(c, x, fused=True)[0]))
+    grad = jax.grad(lambda c: jnp.sum(recurrax.dynamic_rnn(c, x, implementation="fused")[0]))
     jaxpr = jax.make_jaxpr(grad)(cell).jaxpr
     loops = [e for e in jaxpr.eqns if e.primitive.name in ("scan", "while")]
     assert len(loops) == 2

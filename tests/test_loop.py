@@ -147,7 +147,9 @@ def test_early_exit_values_under_jit(kind):
 
     @functools.partial(jax.jit, compiler_options=FAST)
     def run(cell, x, lengths):
-        return recurrax.dynamic_rnn(cell, x, lengths, dtype=jnp.float64, unroll=2, fused=False)
+        return recurrax.dynamic_rnn(
+            cell, x, lengths, dtype=jnp.float64, unroll=2, implementation="generic"
+        )
 
     for name, lengths in PATTERNS.items():
         out, state = run(cell, x, jnp.array(lengths))
@@ -173,14 +175,19 @@ def test_unroll_same_results(unroll):
     @functools.partial(jax.jit, compiler_options=FAST)
     def run(cell, x, traced_lengths):
         static = recurrax.dynamic_rnn(
-            cell, x, lengths, dtype=jnp.float64, unroll=unroll, fused=False
+            cell, x, lengths, dtype=jnp.float64, unroll=unroll, implementation="generic"
         )
         out, state = recurrax.dynamic_rnn(
-            cell, jnp.swapaxes(x, 0, 1), traced_lengths, unroll=unroll, time_major=True, fused=False
+            cell,
+            jnp.swapaxes(x, 0, 1),
+            traced_lengths,
+            unroll=unroll,
+            time_major=True,
+            implementation="generic",
         )
         return static, (jnp.swapaxes(out, 0, 1), state)
 
-    base = recurrax.dynamic_rnn(cell, x, lengths, dtype=jnp.float64, fused=False)
+    base = recurrax.dynamic_rnn(cell, x, lengths, dtype=jnp.float64, implementation="generic")
     static, traced = run(cell, x, jnp.asarray(lengths))
     assert_tree_close(static, base, 1e-12, 1e-13)
     assert_tree_close(traced, base, 1e-12, 1e-13)

@@ -72,7 +72,7 @@ def run_one(config, cells, x, s0, lengths, memory, swap=False):
     runner, with_lengths = config.split("-")
     cell_fw, cell_bw = cells
     n = lengths if with_lengths == "mixed" else None
-    kw = dict(time_major=True, memory=memory, swap_memory=swap, fused=False)
+    kw = dict(time_major=True, memory=memory, swap_memory=swap, implementation="generic")
     if runner == "dynamic":
         if memory is None:
             return probe_loss(*scan_rnn(cell_fw, x, s0[0], n), seed=3)
@@ -240,9 +240,9 @@ def test_memory_shrinks_with_each_strategy():
     x = jnp.ones((256, 4, 8), jnp.float32)
 
     def temp(memory):
-        loss = lambda c: recurrax.dynamic_rnn(c, x, time_major=True, memory=memory, fused=False)[
-            1
-        ].h.sum()
+        loss = lambda c: recurrax.dynamic_rnn(
+            c, x, time_major=True, memory=memory, implementation="generic"
+        )[1].h.sum()
         compiled = jax.jit(jax.grad(loss), compiler_options=FAST).lower(cell).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 

@@ -17,7 +17,7 @@ from .validate import (
 __all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]
 
 
-_OPTIONS = ("fused", "unroll", "memory", "memory_budget", "swap_memory", "time_major")
+_OPTIONS = ("implementation", "unroll", "memory", "memory_budget", "swap_memory", "time_major")
 
 
 def _check_call(inputs, sequence_length, parallel_iterations, arguments: dict):
@@ -45,7 +45,7 @@ def dynamic_rnn(
     unroll: int | None = None,
     memory="store",
     memory_budget: int | None = None,
-    fused: bool | None = None,
+    implementation: str = "auto",
 ):
     r"""Run ``cell`` over ``inputs`` in one compiled loop (TF1's ``tf.nn.dynamic_rnn``).
 
@@ -107,11 +107,15 @@ def dynamic_rnn(
       these strategies whose compiled gradient step needs at most that much temp memory (the
       loop's VJP compiled on its own; docs: "Long sequences"). Exclusive with ``memory``; raises
       ``ValueError`` naming the least budget that works when none fits.
-    - ``fused``: keyword-only; ``None`` (default) takes the fused fast path (cuDNN-style: the
-      weight gradients as large matmuls after the backward loop; ``engine/fused.py``, docs:
-      "Speed") for the built-in cells and ``MultiRNNCell`` stacks of them with the
-      default memory strategy; ``True`` requires it, ``False`` takes the generic path. Same
-      results.
+    - ``implementation``: keyword-only, how the loop runs (same results, to rounding):
+      ``"auto"`` (default) takes ``"fused"`` where it applies, else ``"generic"``;
+      ``"fused"``, cuDNN's structure in XLA (the weight gradients as large matmuls after the
+      backward loop; docs: "Speed"), for the built-in cells and ``MultiRNNCell`` stacks of them
+      with the default memory strategy; ``"generic"``, the cell called once per step (any cell,
+      every strategy); ``"pallas"``, one GPU kernel per layer for the whole recurrence
+      (``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell`` with ``tanh``, float32 at the GPU's
+      default TF32 matmul precision, or bfloat16; through Pallas's interpreter on a CPU). An
+      implementation that cannot run the call is a ``ValueError`` naming the one that can.
 
     Without traced lengths, with the default strategy and ``swap_memory=False``, the loop
     supports every JAX transformation (forward mode included); otherwise it carries a custom
@@ -156,7 +160,7 @@ def bidirectional_dynamic_rnn(
     unroll: int | None = None,
     memory="store",
     memory_budget: int | None = None,
-    fused: bool | None = None,
+    implementation: str = "auto",
 ):
     """Forward and backward :func:`dynamic_rnn` over the same inputs (TF1's version).
 
@@ -164,8 +168,9 @@ def bidirectional_dynamic_rnn(
     its outputs are reversed back so that step ``t`` of both directions lines up.
 
     **Arguments:** as :func:`dynamic_rnn`, with a cell and an optional initial state per
-    direction; ``unroll``, ``memory``, ``memory_budget``, ``swap_memory`` and ``fused`` apply
-    to both directions' loops, each of which runs ``max(sequence_length)`` steps.
+    direction; ``unroll``, ``memory``, ``memory_budget``, ``swap_memory`` and
+    ``implementation`` apply to both directions' loops, each of which runs
+    ``max(sequence_length)`` steps.
 
     **Returns:** ``((output_fw, output_bw), (state_fw, state_bw))``; the outputs are not
     concatenated (``jnp.concatenate(outputs, -1)`` does that).

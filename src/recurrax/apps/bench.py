@@ -97,9 +97,10 @@ class Case:
 
 def recurrax_layer(case: Case, runner: str = "dynamic", **options) -> dict[str, Callable]:
     """recurrax's layer: ``runner`` ``"dynamic"`` (:func:`~recurrax.dynamic_rnn`, given
-    ``options``: ``fused``, ``unroll``, ...), ``"static"`` (:func:`~recurrax.static_rnn`) or
-    ``"engine"`` (``dynamic_rnn``'s engine entry point, ``recurrax.engine.dispatch.run_cell``,
-    whose ``options`` may also set the engine's own policies, e.g. ``input_projection``)."""
+    ``options``: ``implementation``, ``unroll``, ...), ``"static"``
+    (:func:`~recurrax.static_rnn`) or ``"engine"`` (``dynamic_rnn``'s engine entry point,
+    ``recurrax.engine.dispatch.run_cell``, whose ``options`` may also set the engine's own
+    policies, e.g. ``input_projection``)."""
     import jax
     import jax.numpy as jnp
 

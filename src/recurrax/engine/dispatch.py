@@ -1,10 +1,19 @@
-"""The engine's entry point: one runner call, its options resolved, on the fused or generic path.
+"""The engine's entry point: one runner call, its options resolved, on the path it takes.
 
 ``dynamic_rnn`` checks its arguments and resolves its options once, then calls
 :func:`run_cell` (once per direction for the bidirectional runner). The path is a policy of the
-engine, chosen here per cell: the fused path (``fused.py``) for built-in cells and stacks of
-them when every step's values are to be stored on the device, else the generic loop
-(``loop.py``) that calls the cell once per step.
+engine, chosen here per cell (:func:`choose_path`); cells never know which one runs them:
+
+- ``"generic"`` (``loop.py``): the cell called once per step, any cell, every memory strategy;
+- ``"fused"`` (``fused.py``): built-in cells and stacks of them, cuDNN's structure in XLA
+  (the weight gradients as large matmuls after the loop), every step's values stored;
+- ``"pallas"`` (``pallas/``): one GPU kernel launch per layer and direction for the
+  recurrence, forward and backward (``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell``; float32 or
+  bfloat16); on a CPU it runs through Pallas's interpreter (slow: for checking).
+
+``implementation="auto"`` takes the fused path where it applies, else the generic one. It does
+not take the Pallas path yet: see ``benchmarks/RESULTS.md``, "The Pallas kernel on a GPU", for
+the measurements that decide where it will.
 """
 
 from __future__ import annotations
@@ -13,28 +22,47 @@ from ..lengths import masked_step
 from .fused import fused_layers, supports_fused
 from .loop import loop, trip_count
 from .options import RunOptions
+from .pallas import pallas_layers, unsupported
 
-__all__ = ["takes_fused_path", "run_cell"]
+__all__ = ["choose_path", "run_cell"]
+
+_FUSED_CELLS = (
+    "a BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell or a MultiRNNCell of them (built-in "
+    "types, unwrapped)"
+)
 
 
-def takes_fused_path(cell, options: RunOptions) -> bool:
-    """Whether ``cell`` runs on the fused path under ``options`` (``fused=True`` that cannot be
-    honoured is a ``ValueError`` naming why)."""
-    supported = supports_fused(cell)
-    if options.fused is None:
-        return options.stores_all and supported
-    if options.fused and not supported:
-        raise ValueError(
-            "fused=True needs a BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell or a MultiRNNCell "
-            f"of them (exact types, unwrapped); got {type(cell).__name__}. Pass fused=None to "
-            "pick the path automatically."
-        )
-    if options.fused and not options.stores_all:
-        raise ValueError(
-            "fused=True stores every step's values: it needs memory='store', swap_memory=False "
-            "and memory_budget=None. Pass fused=None to pick the path automatically."
-        )
-    return options.fused
+def _fallback(cell, options: RunOptions) -> str:
+    return "fused" if options.stores_all and supports_fused(cell) else "generic"
+
+
+def choose_path(cell, dtype, options: RunOptions) -> str:
+    """The path ``cell`` runs on: ``"generic"``, ``"fused"`` or ``"pallas"``. An
+    ``implementation`` that cannot run this cell, dtype or option is a ``ValueError`` naming
+    what it does not support and the implementation that runs it."""
+    asked = options.implementation
+    if asked == "auto":
+        return _fallback(cell, options)
+    if asked == "fused":
+        if not supports_fused(cell):
+            raise ValueError(
+                f"implementation='fused' needs {_FUSED_CELLS}; got {type(cell).__name__}. "
+                "implementation='generic' runs it ('auto' picks the path)."
+            )
+        if not options.stores_all:
+            raise ValueError(
+                "implementation='fused' stores every step's values: it needs memory='store', "
+                "swap_memory=False and memory_budget=None. implementation='generic' runs the "
+                "other strategies ('auto' picks the path)."
+            )
+    if asked == "pallas":
+        reason = unsupported(cell, dtype, options)
+        if reason is not None:
+            raise ValueError(
+                f"implementation='pallas' does not support {reason}; "
+                f"implementation='{_fallback(cell, options)}' runs it ('auto' picks the path)."
+            )
+    return asked
 
 
 def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
@@ -43,11 +71,13 @@ def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
     ``xs`` is ``[B, T, I]`` (``[T, B, I]`` with ``options.time_major``) of dtype ``dtype``;
     ``sequence_length`` ``None`` or int32 ``[B]`` (maybe traced).
     """
+    path = choose_path(cell, dtype, options)
+    if path == "pallas":
+        return pallas_layers(cell, xs, state, dtype, sequence_length, options)
     time = xs.shape[options.axis]
     n = trip_count(sequence_length, time)
-    fused = takes_fused_path(cell, options)
-    unroll = options.unroll_for(fused)
-    if fused:
+    unroll = options.unroll_for(path)
+    if path == "fused":
         return fused_layers(cell, xs, state, dtype, sequence_length, n, options, unroll)
 
     def step(state, x_t, t):

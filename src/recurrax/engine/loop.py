@@ -279,4 +279,4 @@ def run_loop(
     n = time if length is None else length
     if isinstance(n, (int, np.integer)):
         n = min(max(int(n), 0), time)
-    return loop(step, state, xs, n, options, options.unroll_for(False))
+    return loop(step, state, xs, n, options, options.unroll_for("generic"))

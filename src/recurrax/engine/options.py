@@ -34,6 +34,7 @@ __all__ = [
     "CPU_CACHE_BYTES",
     "EXIT_CHUNK",
     "GPU_UNROLL",
+    "IMPLEMENTATIONS",
     "PROJECTIONS",
     "RunOptions",
     "runs_in_chunks",
@@ -45,6 +46,7 @@ EXIT_CHUNK = 64
 GPU_UNROLL = 8
 CPU_CACHE_BYTES = 4 * 2**20
 PROJECTIONS = ("auto", "before_loop", "in_loop")
+IMPLEMENTATIONS = ("auto", "generic", "fused", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,8 @@ class RunOptions:
     """How one call runs (hashable: it keys JAX's caches). Build it with
     :func:`resolve_options`, which checks every field.
 
-    - ``fused``: the request: ``None`` (automatic), ``True`` (the fused path, or an error) or
-      ``False`` (the generic loop).
+    - ``implementation``: the path asked for, one of :data:`IMPLEMENTATIONS` (``"auto"``: the
+      engine picks; ``dispatch.choose_path``).
     - ``unroll``: steps per loop iteration, or ``None`` (per path and backend, see above).
     - ``memory``: the backprop strategy; ``memory_budget``: bytes, when the planner picks it.
     - ``swap_memory``: keep what the strategy saves in pinned host memory.
@@ -62,7 +64,7 @@ class RunOptions:
     - ``exit_chunk``: the chunk length with traced lengths (:data:`EXIT_CHUNK`).
     """
 
-    fused: bool | None = None
+    implementation: str = "auto"
     unroll: int | None = None
     memory: Strategy = StoreAll()
     memory_budget: int | None = None
@@ -85,12 +87,13 @@ class RunOptions:
             and self.memory_budget is None
         )
 
-    def unroll_for(self, fused: bool, backend: str | None = None) -> int:
-        """``unroll``, or its default for the path (``fused``) on ``backend``."""
+    def unroll_for(self, path: str, backend: str | None = None) -> int:
+        """``unroll``, or its default for ``path`` (``"fused"``, ``"generic"``) on
+        ``backend``."""
         if self.unroll is not None:
             return self.unroll
         backend = backend or jax.default_backend()
-        return GPU_UNROLL if fused and backend == "gpu" else 1
+        return GPU_UNROLL if path == "fused" and backend == "gpu" else 1
 
 
 def _check_bool(value, name: str) -> bool:
@@ -110,7 +113,7 @@ def _check_host_memory() -> None:
 
 def resolve_options(
     *,
-    fused=None,
+    implementation="auto",
     unroll=None,
     memory="store",
     memory_budget=None,
@@ -120,8 +123,11 @@ def resolve_options(
     exit_chunk: int = EXIT_CHUNK,
 ) -> RunOptions:
     """Check a call's options and return them as one :class:`RunOptions`."""
-    if fused is not None and not isinstance(fused, bool):
-        raise TypeError(f"fused must be None (automatic), True or False; got {fused!r}.")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {IMPLEMENTATIONS} ('auto' picks the path); "
+            f"got {implementation!r}."
+        )
     if unroll is not None:
         unroll = check_positive_int(unroll, "unroll", "steps per loop iteration")
     strategy = resolve_memory(memory)
@@ -141,7 +147,7 @@ def resolve_options(
             f"input_projection must be one of {PROJECTIONS}; got {input_projection!r}."
         )
     return RunOptions(
-        fused=fused,
+        implementation=implementation,
         unroll=unroll,
         memory=strategy,
         memory_budget=memory_budget,

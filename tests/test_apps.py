@@ -44,11 +44,17 @@ def test_the_command_line_imports_no_optional_extra():
         ([], "recurrax: error: the following arguments are required: {demo,train,bench}"),
         (["fly"], "recurrax: error: argument {demo,train,bench}: invalid choice: 'fly'"),
         (["demo", "--lengths", "3,2"], "recurrax demo: error: argument --lengths: --lengths must"),
-        (["demo", "--seed", "x"], "recurrax demo: error: argument --seed: invalid int value: 'x'"),
+        (["demo", "--seed", "x"], "recurrax demo: error: argument --seed: --seed must be an"),
+        (["demo", "--seed", "-1"], "recurrax demo: error: argument --seed: --seed must be an"),
+        (["train", "--seed", "-1"], "recurrax train: error: argument --seed: --seed must be"),
+        (["train", "--seed", str(2**32)], "recurrax train: error: argument --seed: --seed must"),
+        (["train", "--learning-rate", "inf"], "recurrax train: error: learning_rate must be a"),
+        (["train", "--learning-rate", "nan"], "recurrax train: error: learning_rate must be a"),
         (["train", "--cell", "gru2"], "recurrax train: error: argument --cell: invalid choice"),
         (["train", "--batch-size", "0"], "recurrax train: error: batch_size must be a positive"),
         (["train", "--resume"], "recurrax train: error: resume=True needs save_dir"),
         (["bench", "--repeats", "0"], "recurrax bench: error: argument --repeats: --repeats must"),
+        (["bench", "--repeats", "-2"], "recurrax bench: error: argument --repeats: --repeats must"),
         (["bench", "--skip", "recurrax"], "recurrax bench: error: recurrax and torch cannot be"),
         (["bench", "--json", "/no/such/dir/x.json"], "recurrax bench: error: --json /no/such/dir"),
     ],
@@ -87,6 +93,8 @@ def test_shared_options_read_one_way():
     assert parser.parse_args(["demo"]).seed == 42  # the article's seed
     assert parser.parse_args(["train"]).seed == 0
     assert parser.parse_args(["train", "--seed", "3"]).seed == 3
+    assert parser.parse_args(["train", "--seed", str(2**32 - 1)]).seed == 2**32 - 1
+    assert parser.parse_args(["demo", "--seed", "0"]).seed == 0
     assert parser.parse_args(["train", "--cell", "rnn"]).cell == "rnn"
 
 
@@ -95,3 +103,36 @@ def test_help_exits_0(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     assert "--cell {rnn,gru,lstm}" in capsys.readouterr().out
+
+
+def test_seed_range_is_what_numpy_and_jax_both_take():
+    """0 .. 2**32 - 1: numpy refuses negative seeds, jax.random.key overflows above int64."""
+    import jax
+    import numpy as np
+
+    from recurrax.apps.options import SEED_MAX
+    from recurrax.apps.train import TrainConfig
+
+    assert SEED_MAX == 2**32 - 1
+    for seed in (0, SEED_MAX):
+        jax.random.key(seed)
+        np.random.default_rng([seed, 1])
+        assert TrainConfig(seed=seed).seed == seed
+    with pytest.raises(ValueError, match="expected non-negative integer"):
+        np.random.default_rng([-1, 1])
+    for seed in (-1, SEED_MAX + 1):
+        with pytest.raises(ValueError, match=r"seed must be from 0 to 4294967295 \(2\*\*32 - 1\)"):
+            TrainConfig(seed=seed)
+
+
+def test_an_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C in any subcommand: one line, exit status 130, no traceback."""
+    import recurrax.apps.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_demo_cli", interrupted)
+    assert main(["demo"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "recurrax demo: interrupted: stopped by Ctrl-C.\n"

@@ -1,6 +1,7 @@
 """The four TF1 cells: formulas against NumPy, weight names/shapes, initialisers, transforms."""
 
 import math
+import re
 
 import equinox as eqx
 import jax
@@ -362,3 +363,188 @@ def test_bfloat16_cell_close_to_float32(name):
     assert all(s.dtype == jnp.bfloat16 for s in jax.tree_util.tree_leaves(new16))
     assert_tree_close(out16, out32, rtol=3e-2, atol=3e-2)
     assert_tree_close(new16, new32, rtol=3e-2, atol=3e-2)
+
+
+# --- TF1's constructor arguments: initializers, reuse/name, activation=None ----------------------
+
+
+INITIALISED = {
+    "basic_rnn": lambda init, **kw: recurrax.BasicRNNCell(
+        32, 24, key=KEY, kernel_initializer=init, **kw
+    ),
+    "gru": lambda init, **kw: recurrax.GRUCell(32, 24, key=KEY, kernel_initializer=init, **kw),
+    "basic_lstm": lambda init, **kw: recurrax.BasicLSTMCell(
+        32, 24, key=KEY, kernel_initializer=init, **kw
+    ),
+    "lstm": lambda init, **kw: recurrax.LSTMCell(
+        32, 24, key=KEY, initializer=init, use_peepholes=True, num_proj=16, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(INITIALISED))
+def test_uniform_initializer_as_the_ptb_tutorial(name):
+    """TF1's PTB model initialises every kernel with random_uniform_initializer(-s, s); the biases
+    keep their own initialisers (zeros; ones for the GRU's gates), as in TF1."""
+    scale = 0.05
+    init = recurrax.random_uniform_initializer(-scale, scale)
+    cell = INITIALISED[name](init)
+    default = INITIALISED[name](None)
+    drawn = []
+    for attr in type(cell).__dataclass_fields__:
+        w, w0 = getattr(cell, attr), getattr(default, attr)
+        if not isinstance(w, jax.Array):
+            continue
+        assert w.dtype == jnp.float32
+        if "bias" in attr:
+            np.testing.assert_array_equal(w, w0)
+        else:
+            w = np.asarray(w, np.float64).ravel()
+            assert np.abs(w).max() <= scale and w.max() > 0.9 * scale and w.min() < -0.9 * scale
+            drawn.append(w)
+    drawn = np.concatenate(drawn)  # uniform on [-scale, scale]: std scale / sqrt(3)
+    np.testing.assert_allclose(drawn.std(), scale / math.sqrt(3.0), rtol=0.05)
+    assert abs(drawn.mean()) < 0.05 * scale
+
+
+def test_bias_initializer_and_default_weights_unchanged():
+    one = jax.nn.initializers.constant(0.25)
+    gru = recurrax.GRUCell(4, 3, key=KEY, bias_initializer=one)
+    np.testing.assert_array_equal(gru.gates_bias, np.full(8, 0.25))  # both biases (TF1)
+    np.testing.assert_array_equal(gru.candidate_bias, np.full(4, 0.25))
+    rnn = recurrax.BasicRNNCell(4, 3, key=KEY, bias_initializer=one)
+    np.testing.assert_array_equal(rnn.bias, np.full(4, 0.25))
+    # Without initializers the weights are TF1's Glorot-uniform draws from the key, as before.
+    from recurrax.cells.initializers import glorot_uniform
+
+    np.testing.assert_array_equal(rnn.kernel, glorot_uniform(KEY, (7, 4), jnp.float32))
+    lstm = recurrax.BasicLSTMCell(4, 3, key=KEY)
+    np.testing.assert_array_equal(lstm.kernel, glorot_uniform(KEY, (7, 16), jnp.float32))
+    with pytest.raises(ValueError, match=r"returned shape \(2,\) for the weight of shape \(7, 4\)"):
+        recurrax.BasicRNNCell(4, 3, key=KEY, kernel_initializer=lambda k, s, d: jnp.zeros(2))
+
+
+def test_reuse_name_and_activation_none_are_tf1s():
+    """``reuse`` and ``name`` have no effect; ``activation=None`` is TF1's default, tanh."""
+    for build in (
+        recurrax.BasicRNNCell,
+        recurrax.GRUCell,
+        recurrax.BasicLSTMCell,
+        recurrax.LSTMCell,
+    ):
+        plain = build(4, 3, key=KEY)
+        tf1 = build(4, 3, key=KEY, reuse=True, name="my_cell", activation=None)
+        assert eqx.tree_equal(plain, tf1)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: recurrax.LSTMCell(4, 3, key=KEY, kernel_initializer=None),
+            "LSTMCell does not take kernel_initializer=: LSTMCell takes TF1's initializer=",
+        ),
+        (
+            lambda: recurrax.BasicLSTMCell(4, 3, key=KEY, initializer=None),
+            "BasicLSTMCell does not take initializer=: that is LSTMCell's argument; this cell "
+            "takes kernel_initializer= (and bias_initializer=).",
+        ),
+        (
+            lambda: recurrax.GRUCell(4, 3, key=KEY, state_is_tuple=True),
+            "GRUCell does not take state_is_tuple=: this cell's state is one [batch, num_units] "
+            "array",
+        ),
+        (
+            lambda: recurrax.GRUCell(4, 3, key=KEY, activaton=jnp.tanh),
+            "GRUCell got an unexpected keyword argument 'activaton'; did you mean 'activation'?",
+        ),
+        (
+            lambda: recurrax.BasicRNNCell(4, 3, key=KEY, num_unit=4),
+            "BasicRNNCell got an unexpected keyword argument 'num_unit'; did you mean 'num_units'?",
+        ),
+        (
+            lambda: recurrax.BasicLSTMCell(4, 3, key=KEY, forget_biass=0.0),
+            "did you mean 'forget_bias'?",
+        ),
+        (
+            lambda: recurrax.LSTMCell(4, 3, key=KEY, zzz=0.0),
+            "LSTMCell got an unexpected keyword argument 'zzz'; it takes num_units, input_size, "
+            "key, use_peepholes, cell_clip, initializer, num_proj,",
+        ),
+    ],
+    ids=["lstm", "basic_lstm", "gru_state", "activation", "num_units", "forget_bias", "none"],
+)
+def test_unknown_keyword_names_the_closest_argument(build, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        build()
+
+
+@pytest.mark.parametrize("build", [recurrax.BasicLSTMCell, recurrax.LSTMCell])
+def test_state_is_tuple(build):
+    assert eqx.tree_equal(build(4, 3, key=KEY, state_is_tuple=True), build(4, 3, key=KEY))
+    with pytest.raises(ValueError, match="state_is_tuple=False is not supported"):
+        build(4, 3, key=KEY, state_is_tuple=False)
+
+
+def test_lstm_shards_and_clips():
+    assert eqx.tree_equal(
+        recurrax.LSTMCell(4, 3, key=KEY, num_unit_shards=1, num_proj_shards=None),
+        recurrax.LSTMCell(4, 3, key=KEY),
+    )
+    with pytest.raises(ValueError, match="num_unit_shards must be None or 1; got 2"):
+        recurrax.LSTMCell(4, 3, key=KEY, num_unit_shards=2)
+    # proj_clip without num_proj: ignored, as in TF1.
+    ignored = recurrax.LSTMCell(4, 3, key=KEY, proj_clip=0.5)
+    assert ignored.proj_clip is None and eqx.tree_equal(ignored, recurrax.LSTMCell(4, 3, key=KEY))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="cell_clip must be a number >= 0 or None"):
+            recurrax.LSTMCell(4, 3, key=KEY, cell_clip=bad)
+    with pytest.raises(TypeError, match="forget_bias must be a number"):
+        recurrax.BasicLSTMCell(4, 3, key=KEY, forget_bias="1.0")
+
+
+# --- a direct call: the state's shapes, a key ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_call_checks_the_state_shapes(name):
+    cell = random_cell(lambda: CELLS[name](KEY), 3)
+    x, state = _one_step(cell, np.random.default_rng(0))
+    k = jax.random.key(1)
+    assert_tree_close(cell(x, state, key=k), cell(x, state), 0, 0)  # a key is ignored
+    if isinstance(state, tuple):
+        assert_tree_close(cell(x, tuple(state)), cell(x, state), 0, 0)  # any 2-tuple (c, h)
+    want = str(jax.tree_util.tree_map(lambda n: (3, n), cell.state_size))
+    wrong = [
+        jax.tree_util.tree_map(lambda s: s[:2], state),  # batch 2, not 3
+        jax.tree_util.tree_map(lambda s: jnp.concatenate([s, s], 1), state),  # twice the size
+        state[0] if isinstance(state, tuple) else (state, state),  # another structure
+    ]
+    for bad in wrong:
+        with pytest.raises(ValueError, match=re.escape(f"state must have shape {want}")):
+            cell(x, bad)
+        with pytest.raises(ValueError, match=re.escape(f"state must have shape {want}")):
+            eqx.filter_jit(lambda c, s: c(x, s))(cell, bad)
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_get_initial_state(name):
+    cell = random_cell(lambda: CELLS[name](KEY), 3)
+    size = cell.state_size
+    x32 = jnp.ones((5, 3), jnp.float32)
+    for state, batch, dtype in (
+        (cell.get_initial_state(x32), 5, jnp.float32),  # batch and dtype from the inputs
+        (cell.get_initial_state(jnp.ones((5, 7, 3), jnp.float32)), 5, jnp.float32),  # [B, T, I]
+        (cell.get_initial_state(batch_size=2), 2, jnp.float64),  # the cell's dtype
+        (cell.get_initial_state(batch_size=2, dtype=jnp.bfloat16), 2, jnp.bfloat16),
+        (cell.get_initial_state(x32, batch_size=5, dtype=jnp.float32), 5, jnp.float32),
+    ):
+        assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(
+            cell.zero_state(1, None)
+        )
+        shapes = [s.shape for s in jax.tree_util.tree_leaves(state)]
+        assert shapes == [(batch, n) for n in jax.tree_util.tree_leaves(size)]
+        assert all(s.dtype == jnp.dtype(dtype) for s in jax.tree_util.tree_leaves(state))
+        assert not any(np.asarray(s, np.float32).any() for s in jax.tree_util.tree_leaves(state))
+    with pytest.raises(ValueError, match="needs inputs or batch_size; got neither"):
+        cell.get_initial_state()

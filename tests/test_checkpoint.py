@@ -110,7 +110,7 @@ def test_missing_checkpoint_and_bad_step(tmp_path):
     model, opt_state = _state(jax.random.key(0), steps=0)
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*checkpoint.rcx"):
         recurrax.load_checkpoint(tmp_path, model=model, opt_state=opt_state)
-    with pytest.raises(ValueError, match=r"step must be an int >= 0; got -1"):
+    with pytest.raises(ValueError, match=r"step must be an int >= 0 and <= 2147483647; got -1"):
         recurrax.save_checkpoint(
             tmp_path,
             model=model,
@@ -146,3 +146,112 @@ def test_interrupted_save_keeps_the_previous_checkpoint(saved, monkeypatch):
     assert [p.name for p in directory.iterdir()] == ["checkpoint.rcx"]
     ckpt = recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
     assert ckpt.step == 17
+
+
+def test_the_checkpoint_is_a_safetensors_file(saved):
+    numpy_reader = pytest.importorskip("safetensors.numpy")
+    directory, model, _ = saved
+    arrays = numpy_reader.load_file(str(checkpoint_path(directory)))
+    assert np.array_equal(arrays["model.cell.gates_kernel"], model.cell.gates_kernel)
+    assert "opt_state[0].mu.cell.gates_kernel" in arrays and arrays["key"].dtype == np.uint32
+
+
+def _rewrite(directory, change_meta=None, change_arrays=None):
+    """Rewrite the checkpoint with valid checksums around altered contents."""
+    from recurrax.io.tensorfile import read_arrays, write_arrays
+
+    path = checkpoint_path(directory)
+    arrays, meta = read_arrays(path, kind="checkpoint")
+    if change_meta is not None:
+        meta = change_meta(meta)
+    if change_arrays is not None:
+        arrays = change_arrays(arrays)
+    write_arrays(path, arrays, kind="checkpoint", meta=meta)
+
+
+def _without(mapping, key):
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: _without(m, "step"), "field 'step' is missing"),
+        (lambda m: _without(m, "config"), "field 'config' is missing"),
+        (lambda m: _without(m, "data_state"), "field 'data_state' is missing"),
+        (lambda m: {**m, "step": "17"}, "field 'step' must be an int; it is '17'"),
+        (lambda m: {**m, "step": 17.0}, "field 'step' must be an int; it is 17.0"),
+        (lambda m: {**m, "step": True}, "field 'step' must be an int; it is True"),
+        (lambda m: {**m, "step": -3}, "field 'step' must be from 0 to 2147483647; it is -3"),
+        (lambda m: {**m, "step": 2**40}, "field 'step' must be from 0 to 2147483647; it is 1099"),
+        (lambda m: {**m, "config": [1]}, "field 'config' must be a dict; it is \\[1\\]"),
+        (lambda m: {**m, "data_state": {"seed": "3"}}, "field 'data_state.seed' must be an int"),
+        (lambda m: {**m, "history": []}, "field 'history' must be a dict"),
+        (lambda m: {**m, "history": {"loss": "x"}}, "field 'history.loss' must be a list of"),
+    ],
+)
+def test_a_checksummed_checkpoint_with_bad_metadata_is_refused(saved, change, message):
+    directory, model, opt_state = saved
+    _rewrite(directory, change_meta=change)
+    with pytest.raises(ValueError, match="is not a valid checkpoint: " + message):
+        recurrax.load_checkpoint(directory, model=model, opt_state=opt_state, config=CONFIG)
+
+
+def test_a_checksummed_checkpoint_with_bad_arrays_is_refused(saved):
+    directory, model, opt_state = saved
+    name = "model.cell.gates_kernel"
+
+    def poison(arrays):
+        x = np.array(arrays[name])
+        x.flat[1] = np.nan
+        return {**arrays, name: x}
+
+    _rewrite(directory, change_arrays=poison)
+    with pytest.raises(ValueError, match=f"array '{name}' holds NaN or infinite values"):
+        recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+    _rewrite(directory, change_arrays=lambda a: {**a, "key": np.zeros(2, np.uint32)})
+    with pytest.raises(ValueError, match="array 'key' is not a typed PRNG key"):
+        recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+    _rewrite(directory, change_arrays=lambda a: _without(a, "key"))
+    with pytest.raises(ValueError, match="holds no PRNG key"):
+        recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_save(saved):
+    directory, model, opt_state = saved
+    before = checkpoint_path(directory).read_bytes()
+    # What a process killed while writing leaves: the writer's temporary file, half written.
+    leftovers = [directory / ".checkpoint.rcx.k3j_x9zq.tmp", directory / ".checkpoint.rcx.a.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(before[: len(before) // 2])
+    other = directory / ".weights.rcx.a.tmp"  # another file's: not this writer's to remove
+    other.write_bytes(b"x")
+    ckpt = recurrax.load_checkpoint(directory, model=model, opt_state=opt_state)
+    assert ckpt.step == 17  # the leftovers are not read as the checkpoint
+    recurrax.save_checkpoint(
+        directory,
+        model=model,
+        opt_state=opt_state,
+        step=18,
+        key=jax.random.key(9),
+        data_state={"seed": 3},
+        config=CONFIG,
+    )
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == [".weights.rcx.a.tmp", "checkpoint.rcx"]
+    assert recurrax.load_checkpoint(directory, model=model, opt_state=opt_state).step == 18
+
+
+def test_a_leftover_temporary_file_is_never_a_checkpoint(tmp_path):
+    model, opt_state = _state(jax.random.key(0), steps=0)
+    (tmp_path / ".checkpoint.rcx.k3j_x9zq.tmp").write_bytes(b"\0" * 64)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        recurrax.load_checkpoint(tmp_path, model=model, opt_state=opt_state)
+
+
+def test_save_weights_removes_its_leftover_temporary_files(tmp_path):
+    cell = recurrax.GRUCell(3, 2, key=jax.random.key(0))
+    path = tmp_path / "cell.safetensors"
+    (tmp_path / ".cell.safetensors.zz.tmp").write_bytes(b"half")
+    recurrax.save_weights(path, cell)
+    assert [p.name for p in tmp_path.iterdir()] == ["cell.safetensors"]

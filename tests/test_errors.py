@@ -55,12 +55,6 @@ def _cases():
             "inputs must be one array of shape [batch, time, input_size]; got a list of 2 items",
         ),
         (
-            "dynamic_no_steps",
-            lambda: recurrax.dynamic_rnn(RNN, np.ones((2, 0, 3))),
-            ValueError,
-            "inputs must have at least one time step; got shape (2, 0, 3).",
-        ),
-        (
             "static_array",
             lambda: recurrax.static_rnn(RNN, X),
             TypeError,
@@ -391,13 +385,13 @@ def _cases():
             "cell_clip_negative",
             lambda: recurrax.LSTMCell(4, 3, key=KEY, cell_clip=-1.0),
             ValueError,
-            "cell_clip must be a positive number or None; got -1.0.",
+            "cell_clip must be a number >= 0 or None (0.0 clips to zero, as in TF1); got -1.0.",
         ),
         (
-            "proj_clip_without_projection",
-            lambda: recurrax.LSTMCell(4, 3, key=KEY, proj_clip=1.0),
+            "proj_clip_nan",
+            lambda: recurrax.LSTMCell(4, 3, key=KEY, num_proj=2, proj_clip=float("nan")),
             ValueError,
-            "proj_clip needs num_proj: there is no projection to clip.",
+            "proj_clip must be a number >= 0 or None (0.0 clips to zero, as in TF1); got nan.",
         ),
         (
             "cell_without_key",
@@ -431,6 +425,114 @@ def _cases():
             lambda: recurrax.dynamic_rnn(RNN, X, parallel_iterations=0),
             ValueError,
             "parallel_iterations must be a positive int or None; got 0.",
+        ),
+        # cells and wrappers: TF1's arguments, the state of a direct call, dropout keys
+        (
+            "cell_called_with_wrong_state_batch",
+            lambda: RNN(np.ones((2, 3)), np.zeros((3, 4))),
+            ValueError,
+            "BasicRNNCell: state must have shape (2, 4) ([batch, state size], batch 2 from the "
+            "inputs); got (3, 4). Build it with cell.zero_state(batch_size, dtype).",
+        ),
+        (
+            "cell_called_with_wrong_state_size",
+            lambda: LSTM(np.ones((2, 3)), (np.zeros((2, 4)), np.zeros((2, 5)))),
+            ValueError,
+            "BasicLSTMCell: state must have shape LSTMStateTuple(c=(2, 4), h=(2, 4)) ([batch, "
+            "state size], batch 2 from the inputs); got ((2, 4), (2, 5)).",
+        ),
+        (
+            "forget_bias_nan",
+            lambda: recurrax.BasicLSTMCell(4, 3, key=KEY, forget_bias=float("nan")),
+            ValueError,
+            "forget_bias must be a number (added to the forget gate); got nan.",
+        ),
+        (
+            "state_is_tuple_false",
+            lambda: recurrax.LSTMCell(4, 3, key=KEY, state_is_tuple=False),
+            ValueError,
+            "LSTMCell: state_is_tuple=False is not supported: TF1 deprecated the concatenated "
+            "[batch, c + h] state",
+        ),
+        (
+            "unknown_keyword_suggests",
+            lambda: recurrax.LSTMCell(4, 3, key=KEY, use_peephole=True),
+            TypeError,
+            "LSTMCell got an unexpected keyword argument 'use_peephole'; did you mean "
+            "'use_peepholes'?",
+        ),
+        (
+            "dropout_seed",
+            lambda: recurrax.DropoutWrapper(RNN, 0.5, seed=1, key=KEY),
+            TypeError,
+            "DropoutWrapper does not take seed=: recurrax draws the masks from a PRNG key: pass "
+            "key=jax.random.key(seed).",
+        ),
+        (
+            "dropout_called_without_key",
+            lambda: recurrax.DropoutWrapper(RNN, 0.5, key=KEY)(np.ones((2, 3)), np.zeros((2, 4))),
+            TypeError,
+            "DropoutWrapper: dropout is active (input_keep_prob=0.5) but this call has no key and "
+            "the wrapper is not bound to a time step, so every call would draw the same masks. "
+            "Pass a fresh key per call, cell(inputs, state, key=k)",
+        ),
+        (
+            "initial_state_batch_disagrees",
+            lambda: RNN.get_initial_state(np.ones((2, 3)), batch_size=3),
+            ValueError,
+            "BasicRNNCell.get_initial_state: batch_size=3 disagrees with the inputs' batch 2 "
+            "(inputs.shape[0] of shape (2, 3)); pass one or the other.",
+        ),
+        (
+            "initial_state_dtype_disagrees",
+            lambda: LSTM.get_initial_state(np.ones((2, 3), np.float32), dtype=jnp.float64),
+            ValueError,
+            "BasicLSTMCell.get_initial_state: dtype=float64 disagrees with the inputs' dtype "
+            "float32; pass one or the other.",
+        ),
+        (
+            "initializer_not_callable",
+            lambda: recurrax.GRUCell(4, 3, key=KEY, kernel_initializer=0.1),
+            TypeError,
+            "kernel_initializer must be callable as kernel_initializer(key, shape, dtype) -> array",
+        ),
+        # inputs that must be real; reverse_sequence's arguments; the fused path's blocker
+        (
+            "complex_inputs",
+            lambda: recurrax.dynamic_rnn(RNN, X.astype(np.complex64)),
+            TypeError,
+            "inputs must be real (a floating or integer dtype, cast to dtype); got complex64. "
+            "Pass jnp.real(x), or the real and imaginary parts as separate features.",
+        ),
+        (
+            "reverse_sequence_same_axes",
+            lambda: recurrax.reverse_sequence(X, np.array([1, 2]), 1, 1),
+            ValueError,
+            "time_axis and batch_axis must be different axes of xs (rank 3); got time_axis=1 "
+            "and batch_axis=1.",
+        ),
+        (
+            "reverse_sequence_axis_range",
+            lambda: recurrax.reverse_sequence(X, np.array([1, 2]), 3, 0),
+            ValueError,
+            "time_axis=3 is out of range for xs of shape (2, 5, 3) (rank 3).",
+        ),
+        (
+            "reverse_sequence_lengths_float",
+            lambda: recurrax.reverse_sequence(X, np.array([1.0, 2.0]), 1, 0),
+            TypeError,
+            "sequence_length must have an integer dtype (int32 or int64); got float64.",
+        ),
+        (
+            "fused_names_the_blocking_layer",
+            lambda: recurrax.dynamic_rnn(
+                recurrax.MultiRNNCell([RNN, recurrax.DropoutWrapper(RNN_4_4)]),
+                X,
+                implementation="fused",
+            ),
+            ValueError,
+            "got MultiRNNCell: layer 1 of the MultiRNNCell is a DropoutWrapper. "
+            "implementation='generic' runs it ('auto' picks the path).",
         ),
     ]
 

@@ -244,3 +244,110 @@ def test_tf1_weights_round_trip_through_jit(getkey):
     x = jax.random.normal(getkey(), (2, 4, 2), jnp.float32)
     run = jax.jit(lambda c, x: recurrax.dynamic_rnn(c, x)[0])
     np.testing.assert_array_equal(run(loaded, x), run(stack, x))
+
+
+def test_contrib_cells_names_follow_tf1_scopes(getkey):
+    from recurrax.cells.layernorm import LayerNormBasicLSTMCell
+    from recurrax.cells.projection import (
+        EmbeddingWrapper,
+        InputProjectionWrapper,
+        OutputProjectionWrapper,
+    )
+
+    build = eqx.filter_eval_shape
+    out = build(
+        lambda k: OutputProjectionWrapper(recurrax.GRUCell(3, 3, key=k), 2, key=k), getkey()
+    )
+    # TF1 calls the wrapped cell first, so its variables come first.
+    assert recurrax.tf1_variable_names(out) == [
+        "rnn/output_projection_wrapper/gru_cell/gates/kernel",
+        "rnn/output_projection_wrapper/gru_cell/gates/bias",
+        "rnn/output_projection_wrapper/gru_cell/candidate/kernel",
+        "rnn/output_projection_wrapper/gru_cell/candidate/bias",
+        "rnn/output_projection_wrapper/kernel",
+        "rnn/output_projection_wrapper/bias",
+    ]
+    inp = build(
+        lambda k: InputProjectionWrapper(recurrax.BasicLSTMCell(2, 4, key=k), 4, 3, key=k),
+        getkey(),
+    )
+    assert recurrax.tf1_variable_names(inp, scope="encoder/rnn") == [
+        "encoder/rnn/input_projection_wrapper/kernel",
+        "encoder/rnn/input_projection_wrapper/bias",
+        "encoder/rnn/input_projection_wrapper/basic_lstm_cell/kernel",
+        "encoder/rnn/input_projection_wrapper/basic_lstm_cell/bias",
+    ]
+    emb = build(
+        lambda k: EmbeddingWrapper(recurrax.BasicRNNCell(2, 4, key=k), 9, 4, key=k), getkey()
+    )
+    assert recurrax.tf1_variable_names(emb) == [
+        "rnn/embedding_wrapper/embedding",
+        "rnn/embedding_wrapper/basic_rnn_cell/kernel",
+        "rnn/embedding_wrapper/basic_rnn_cell/bias",
+    ]
+    ln = build(lambda k: LayerNormBasicLSTMCell(2, 3, key=k), getkey())
+    prefix = "rnn/layer_norm_basic_lstm_cell"
+    assert recurrax.tf1_variable_names(ln) == [f"{prefix}/kernel"] + [
+        f"{prefix}/{block}/{v}"
+        for block in ("input", "transform", "forget", "output", "state")
+        for v in ("gamma", "beta")
+    ]
+    plain = build(lambda k: LayerNormBasicLSTMCell(2, 3, key=k, layer_norm=False), getkey())
+    assert recurrax.tf1_variable_names(plain) == [f"{prefix}/kernel", f"{prefix}/bias"]
+    # Wrappers nest: a dropout wrapper adds no scope, a projection wrapper adds its own.
+    stack = build(
+        lambda k: (
+            recurrax.DropoutWrapper(
+                OutputProjectionWrapper(recurrax.BasicRNNCell(2, 3, key=k), 1, key=k)
+            ),
+            InputProjectionWrapper(recurrax.BasicRNNCell(2, 2, key=k), 2, 3, key=k),
+        ),
+        getkey(),
+    )
+    assert recurrax.tf1_variable_names(stack) == [
+        "bidirectional_rnn/fw/output_projection_wrapper/basic_rnn_cell/kernel",
+        "bidirectional_rnn/fw/output_projection_wrapper/basic_rnn_cell/bias",
+        "bidirectional_rnn/fw/output_projection_wrapper/kernel",
+        "bidirectional_rnn/fw/output_projection_wrapper/bias",
+        "bidirectional_rnn/bw/input_projection_wrapper/kernel",
+        "bidirectional_rnn/bw/input_projection_wrapper/bias",
+        "bidirectional_rnn/bw/input_projection_wrapper/basic_rnn_cell/kernel",
+        "bidirectional_rnn/bw/input_projection_wrapper/basic_rnn_cell/bias",
+    ]
+
+
+def test_missing_names_under_another_scope_say_which_scope(getkey):
+    stack = recurrax.MultiRNNCell(
+        [recurrax.GRUCell(3, 2, key=getkey()), recurrax.GRUCell(3, 3, key=getkey())]
+    )
+    exported = recurrax.tf1_weights(stack, scope="Model/RNN")
+    variables = {f"{k}:0": v for k, v in exported.items()}
+    with pytest.raises(
+        ValueError,
+        match=r"lacks \['rnn/multi_rnn_cell/cell_0/gru_cell/gates/kernel', .*\]"
+        r".*They sit under scope 'Model/RNN': pass scope='Model/RNN'\.$",
+    ):
+        recurrax.load_tf1_weights(stack, variables)
+    loaded = recurrax.load_tf1_weights(stack, variables, scope="Model/RNN")
+    np.testing.assert_array_equal(loaded.cells[1].gates_kernel, stack.cells[1].gates_kernel)
+    # Two models under two scopes: both are named.
+    both = {f"{outer}/{k}": v for outer in ("enc", "dec") for k, v in exported.items()}
+    with pytest.raises(
+        ValueError, match=r"several scopes: pass scope='enc/Model/RNN' or scope='dec/Model/RNN'"
+    ):
+        recurrax.load_tf1_weights(stack, both)
+    # Only some names found under another scope: how many, and what else to check.
+    del variables["Model/RNN/multi_rnn_cell/cell_1/gru_cell/candidate/bias:0"]
+    with pytest.raises(
+        ValueError,
+        match=r"7 of the 8 names sit under scope 'Model/RNN': pass scope='Model/RNN' and check "
+        "the cell types",
+    ):
+        recurrax.load_tf1_weights(stack, variables)
+    # A different cell type is not a scope problem: the old advice stays.
+    lstm = {
+        "Model/RNN/lstm_cell/kernel": np.zeros((7, 16)),
+        "Model/RNN/lstm_cell/bias": np.zeros(16),
+    }
+    with pytest.raises(ValueError, match=r"Check the scope and the cell types \(BasicLSTMCell"):
+        recurrax.load_tf1_weights(recurrax.BasicLSTMCell(4, 3, key=getkey()), lstm)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -13,18 +14,28 @@ import numpy as np
 import pytest
 
 import recurrax
+import recurrax.apps.options as options
+import recurrax.apps.train as trainer
 from recurrax.apps.cli import main
-from recurrax.apps.train import TrainConfig, train
+from recurrax.apps.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
 from recurrax.io.checkpoint import checkpoint_path
 
-# 1437 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
+# 1438 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
 TINY = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
+TINY_ARGV = ["train", "--num-units", "16", "--batch-size", "64", "--epochs", "2"]
+TINY_ARGV += ["--keep-prob", "0.8", "--progress", "none"]
 
 
 def _bits(tree):
     return [
         np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
     ]
+
+
+@pytest.fixture(scope="module")
+def straight():
+    """TINY trained to its end without a stop."""
+    return train(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +46,11 @@ def interrupted(tmp_path_factory):
     return directory, result
 
 
-def test_resume_is_bit_identical(interrupted, tmp_path):
+def test_resume_is_bit_identical(interrupted, straight, tmp_path):
     directory, first = interrupted
     assert first.step == 7
     shutil.copytree(directory, tmp_path / "run")
     resumed = train(TINY, save_dir=tmp_path / "run", resume=True)
-    straight = train(TINY)
     assert resumed.step == straight.step == 44
     assert _bits(resumed.model) == _bits(straight.model)
     assert _bits(resumed.opt_state) == _bits(straight.opt_state)
@@ -198,3 +208,241 @@ def test_config_is_validated():
         TrainConfig(num_units=0)
     assert TrainConfig(task="sine").epochs == 20
     assert TrainConfig(cell="rnn").cell == "rnn"
+
+
+# -------------------------------------------------------- checked before any work, exit 2 --
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any data loading or compilation fails the test: the checks must come first."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(trainer, "_dataset", work)
+    monkeypatch.setattr(trainer, "_init", work)
+
+
+def _one_line_error(capsys, status_line):
+    captured = capsys.readouterr()
+    assert captured.err.startswith(status_line), captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_cli_refuses_an_unusable_save_directory_before_any_work(tmp_path, capsys, no_work):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["train", "--save", str(a_file)]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --save {a_file}: it is a file, not a")
+    assert main(["train", "--save", str(a_file / "sub")]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --save {a_file / 'sub'}: {a_file} is a file")
+    (tmp_path / "run" / "checkpoint.rcx").mkdir(parents=True)
+    assert main(["train", "--save", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "recurrax train: error: --save ")
+    assert main(["train", "--save", str(tmp_path / "run"), "--resume"]) == 2
+    _one_line_error(capsys, "recurrax train: error: --save ")
+
+
+def test_cli_refuses_a_read_only_save_directory_before_any_work(
+    tmp_path, capsys, no_work, monkeypatch
+):
+    """Read-only as this process sees it (os.access): root may write anywhere, so the test
+    makes the directories read-only for the check itself."""
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    monkeypatch.setattr(options, "_can_write", lambda d: os.path.realpath(d) != str(read_only))
+    assert main(["train", "--save", str(read_only)]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --save {read_only}: the directory is not")
+    assert main(["train", "--save", str(read_only / "new" / "run")]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --save {read_only / 'new' / 'run'}: cannot")
+    assert main(["train", "--plot", str(read_only / "c.png")]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --plot {read_only / 'c.png'}: its directory")
+    assert main(["demo", "--plot", str(read_only / "c.png")]) == 2
+    _one_line_error(capsys, "recurrax demo: error: --plot ")
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_cli_refuses_a_chmod_read_only_directory(tmp_path, capsys, no_work):
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    assert main(["train", "--save", str(read_only)]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --save {read_only}: the directory is not")
+
+
+def test_cli_refuses_a_bad_plot_path_before_any_work(tmp_path, capsys, no_work):
+    assert main(["train", "--plot", str(tmp_path / "missing" / "c.png")]) == 2
+    _one_line_error(capsys, "recurrax train: error: --plot ")
+    assert main(["train", "--plot", str(tmp_path)]) == 2
+    _one_line_error(capsys, f"recurrax train: error: --plot {tmp_path}: it is a directory")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_save_as_a_file_fails_as_a_process_without_a_traceback(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    proc = subprocess.run(
+        [sys.executable, "-m", "recurrax.apps.cli", "train", "--save", str(a_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert (
+        proc.stderr == f"recurrax train: error: --save {a_file}: it is a file, not a directory.\n"
+    )
+
+
+def test_cli_refuses_a_batch_larger_than_the_training_set_before_compiling(capsys, monkeypatch):
+    def compile_(*args, **kwargs):
+        raise AssertionError("compiled before the batch size was checked")
+
+    monkeypatch.setattr(trainer, "_init", compile_)
+    assert main(["train", "--batch-size", "2000"]) == 2
+    _one_line_error(
+        capsys,
+        "recurrax train: error: batch_size=2000 exceeds the 1438 training examples of task "
+        "'digits'; pick a batch_size of at most 1438.",
+    )
+
+
+# ------------------------------------------------------------ a diverged run, exit 1 --
+
+
+def test_a_non_finite_loss_stops_the_run_exit_1_and_saves_nothing(tmp_path, capsys):
+    save = tmp_path / "run"
+    argv = ["train", "--num-units", "16", "--batch-size", "64", "--epochs", "1"]
+    assert main([*argv, "--learning-rate", "1e38", "--save", str(save), "--progress", "none"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "recurrax train: error: the training loss became nan at step 2 of 22 (learning rate "
+        "1e+38): the run diverged, and no checkpoint of it was written. Try a smaller "
+        "--learning-rate.\n"
+    )
+    assert "test accuracy" not in captured.out
+    assert not checkpoint_path(save).exists()
+
+
+def test_a_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Diverging in epoch 2 of a run: the checkpoint of epoch 1 stays as it was."""
+    config = TrainConfig(num_units=16, batch_size=64, epochs=2)
+    train(config, save_dir=tmp_path, stop_after=22)
+    before = checkpoint_path(tmp_path).read_bytes()
+    real_step = trainer._train_step
+
+    def step_that_diverges(model, opt_state, batch, run_key, step, *rest):
+        model, opt_state, loss, metric = real_step(model, opt_state, batch, run_key, step, *rest)
+        return model, opt_state, loss * np.inf if int(step) >= 30 else loss, metric
+
+    monkeypatch.setattr(trainer, "_train_step", step_that_diverges)
+    with pytest.raises(NonFiniteLoss, match="became inf at step 31 of 44") as error:
+        train(config, save_dir=tmp_path, resume=True)
+    assert error.value.step == 31
+    assert checkpoint_path(tmp_path).read_bytes() == before
+
+
+# ---------------------------------------------------------------- Ctrl-C, exit 130 --
+
+
+def _interrupt_at(monkeypatch, at: int):
+    """Make the progress reporter raise KeyboardInterrupt (as Ctrl-C would) after step ``at``."""
+    real = trainer.make_reporter
+
+    def make_reporter(*args, **kwargs):
+        reporter = real(*args, **kwargs)
+        advance = reporter.advance
+
+        def interrupting(step, latest):
+            advance(step, latest)
+            if step == at:
+                raise KeyboardInterrupt
+
+        reporter.advance = interrupting
+        return reporter
+
+    monkeypatch.setattr(trainer, "make_reporter", make_reporter)
+
+
+def test_ctrl_c_saves_exits_130_and_resumes_to_the_same_bits(
+    straight, tmp_path, capsys, monkeypatch
+):
+    save = tmp_path / "run"
+    _interrupt_at(monkeypatch, 9)
+    assert main([*TINY_ARGV, "--save", str(save)]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"recurrax train: interrupted: after step 9 of 44; checkpoint saved to "
+        f"{checkpoint_path(save)}: continue with --save {save} --resume\n"
+    )
+    monkeypatch.undo()
+    like = train(TINY, stop_after=1)
+    ckpt = recurrax.load_checkpoint(save, model=like.model, opt_state=like.opt_state)
+    assert ckpt.step == 9 and len(ckpt.history["loss"]) == 9
+    assert main([*TINY_ARGV, "--save", str(save), "--resume"]) == 0
+    ckpt = recurrax.load_checkpoint(save, model=like.model, opt_state=like.opt_state)
+    assert ckpt.step == 44
+    assert _bits(ckpt.model) == _bits(straight.model)
+    assert _bits(ckpt.opt_state) == _bits(straight.opt_state)
+    assert ckpt.history == straight.history
+
+
+def test_ctrl_c_at_an_epoch_end_keeps_that_epoch_and_resumes_exactly(
+    straight, tmp_path, monkeypatch
+):
+    _interrupt_at(monkeypatch, 22)  # before the epoch's test metric was measured
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(TINY, save_dir=tmp_path)
+    assert (stop.value.step, stop.value.total_steps) == (22, 44)
+    assert stop.value.path == checkpoint_path(tmp_path)
+    assert isinstance(stop.value, KeyboardInterrupt)
+    monkeypatch.undo()
+    resumed = train(TINY, save_dir=tmp_path, resume=True)
+    assert _bits(resumed.model) == _bits(straight.model)
+    assert resumed.history == straight.history
+
+
+def test_ctrl_c_without_save_says_nothing_was_saved(tmp_path, capsys, monkeypatch):
+    _interrupt_at(monkeypatch, 3)
+    assert main([*TINY_ARGV]) == 130
+    assert capsys.readouterr().err == (
+        "recurrax train: interrupted: after step 3 of 44; nothing saved (no --save).\n"
+    )
+
+
+def test_a_real_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
+    """SIGINT to the process, once it has trained an epoch: no traceback, a checkpoint."""
+    save = tmp_path / "run"
+    argv = [*TINY_ARGV[:-2], "--epochs", "1000", "--progress", "plain", "--save", str(save)]
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even if this process ignores SIGINT.
+    command = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['recurrax', *{argv!r}]; runpy.run_module('recurrax.apps.cli', "
+        "run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    found = re.fullmatch(
+        r"recurrax train: interrupted: after step (\d+) of 22000; checkpoint saved to (\S+): "
+        r"continue with --save (\S+) --resume\n",
+        err,
+    )
+    assert found and found[2] == str(checkpoint_path(save)) and found[3] == str(save), err
+    like = train(TINY, stop_after=1)
+    ckpt = recurrax.load_checkpoint(save, model=like.model, opt_state=like.opt_state)
+    assert ckpt.step == int(found[1]) >= 22
+    assert len(ckpt.history["loss"]) == ckpt.step

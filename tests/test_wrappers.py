@@ -108,7 +108,7 @@ def test_dropout_keep_prob_one_is_the_identity(getkey):
 def test_dropout_scales_kept_units(which, getkey):
     cell = recurrax.DropoutWrapper(EchoCell(16, False), **{f"{which}_keep_prob": 0.6}, key=getkey())
     x = _x()
-    out, state = cell(x, jnp.zeros_like(x))
+    out, state = cell(x, jnp.zeros_like(x), key=getkey())
     _assert_dropped(out, x, 0.6)
     if which == "input":  # the cell saw the dropped inputs: its state equals them
         np.testing.assert_array_equal(state, out)
@@ -119,7 +119,7 @@ def test_dropout_scales_kept_units(which, getkey):
 def test_dropout_never_drops_lstm_c(getkey):
     cell = recurrax.DropoutWrapper(EchoCell(16, True), state_keep_prob=0.5, key=getkey())
     x = _x()
-    out, state = cell(x, cell.zero_state(64, jnp.float64))
+    out, state = cell(x, cell.zero_state(64, jnp.float64), key=getkey())
     np.testing.assert_array_equal(out, x)  # output_keep_prob = 1
     np.testing.assert_array_equal(state.c, x)  # c is never dropped
     _assert_dropped(state.h, x, 0.5)
@@ -129,7 +129,7 @@ def test_dropout_never_drops_lstm_c(getkey):
         state_keep_prob=0.5,
         key=getkey(),
     )
-    _, (s0, s1) = multi(x, multi.zero_state(64, jnp.float64))
+    _, (s0, s1) = multi.at_step(0)(x, multi.zero_state(64, jnp.float64))
     np.testing.assert_array_equal(s0.c, x)
     h_kept = _assert_dropped(s0.h, x, 0.5)
     s1_kept = _assert_dropped(s1, x, 0.5)
@@ -156,9 +156,10 @@ def _assert_same_masks(a, b, dropped):
 def test_dropout_masks_across_steps(variational, getkey):
     """Variational: one mask for every step; otherwise a new mask per step. Static and dynamic
     runners draw the same masks, also through MultiRNNCell and ResidualWrapper."""
-    x = jnp.ones((32, 5, 8), jnp.float64)
+    n = 256 if variational else 8  # a variational mask is one row: more units, steadier rate
+    x = jnp.ones((32, 5, n), jnp.float64)
     cell = recurrax.DropoutWrapper(
-        EchoCell(8, False),
+        EchoCell(n, False),
         input_keep_prob=0.7,
         output_keep_prob=0.8,
         variational_recurrent=variational,
@@ -171,8 +172,10 @@ def test_dropout_masks_across_steps(variational, getkey):
     assert abs(kept.mean() - 0.56) < 0.06
     same = [np.array_equal(kept[:, 0], kept[:, t]) for t in range(1, 5)]
     assert all(same) if variational else not any(same)
+    rows_same = (kept == kept[:1]).all()  # TF1's variational masks are [1, size]
+    assert rows_same if variational else not rows_same
 
-    nested = recurrax.ResidualWrapper(recurrax.MultiRNNCell([EchoCell(8, False), cell]))
+    nested = recurrax.ResidualWrapper(recurrax.MultiRNNCell([EchoCell(n, False), cell]))
     out = _dropout_run(nested, "dynamic", x)
     _assert_same_masks(out, _dropout_run(nested, "static", x), dropped=1.0)
     kept = np.asarray(out) != 1.0  # the residual adds 1 to every unit
@@ -185,7 +188,190 @@ def test_dropout_different_keys_draw_different_masks(getkey):
     a = recurrax.DropoutWrapper(EchoCell(16, False), 0.5, key=jax.random.key(1))
     b = recurrax.DropoutWrapper(EchoCell(16, False), 0.5, key=jax.random.key(2))
     a2 = recurrax.DropoutWrapper(EchoCell(16, False), 0.5, key=jax.random.key(1))
-    assert not np.array_equal(a(x, x)[0], b(x, x)[0])
-    np.testing.assert_array_equal(a(x, x)[0], a2(x, x)[0])
+    assert not np.array_equal(a.at_step(0)(x, x)[0], b.at_step(0)(x, x)[0])
+    np.testing.assert_array_equal(a.at_step(0)(x, x)[0], a2.at_step(0)(x, x)[0])
     # A step-bound wrapper draws from the step; two steps differ.
     assert not np.array_equal(a.at_step(0)(x, x)[0], a.at_step(1)(x, x)[0])
+
+
+# --- DropoutWrapper outside the runners: keys per call, steps, layers ---------------------------
+
+
+def test_variational_masks_are_one_row_for_the_whole_batch(getkey):
+    """TF1 draws each variational mask with shape [1, size]: every row and every step of a run
+    drops the same units, on the inputs, the outputs and the state."""
+    cell = recurrax.DropoutWrapper(
+        EchoCell(64, True),
+        input_keep_prob=0.8,
+        output_keep_prob=0.5,
+        state_keep_prob=0.5,
+        variational_recurrent=True,
+        key=getkey(),
+    )
+    x = jnp.ones((16, 64), jnp.float64)
+    steps = [cell.at_step(t)(x, cell.zero_state(16, jnp.float64)) for t in range(3)]
+    for out, state in steps:
+        for y in (out, state.c, state.h):
+            kept = np.asarray(y) != 0
+            assert (kept == kept[:1]).all() and 0 < kept.mean() < 1
+        # c is the (dropped) input, h is c dropped again: h's units are a subset of c's.
+        c_kept, h_kept = np.asarray(state.c) != 0, np.asarray(state.h) != 0
+        assert (c_kept | ~h_kept).all() and (c_kept & ~h_kept).any()
+    for out, state in steps[1:]:  # the same masks at every step
+        assert_tree_close((out, state), steps[0], 0, 0)
+    # A key per call: one key for every step of a sequence keeps the masks; another key changes
+    # them, still one row for the whole batch.
+    k1, k2 = getkey(), getkey()
+    a, b = cell(x, x, key=k1)[0], cell(x, x, key=k2)[0]
+    np.testing.assert_array_equal(a, cell(x, x, key=k1)[0])
+    assert not np.array_equal(a, b)
+    assert (np.asarray(b) == np.asarray(b)[:1]).all()
+
+
+@pytest.mark.parametrize("variational", [False, True])
+def test_dropout_key_per_call(variational, getkey):
+    cell = recurrax.DropoutWrapper(
+        EchoCell(16, False), output_keep_prob=0.5, variational_recurrent=variational, key=getkey()
+    )
+    x = _x()
+    k1, k2 = getkey(), getkey()
+    a = cell(x, x, key=k1)[0]
+    if variational:  # one [1, 16] mask: every row the same (too few units for a rate check)
+        assert (np.asarray(a != 0) == np.asarray(a[:1] != 0)).all()
+    else:
+        _assert_dropped(a, x, 0.5)
+    np.testing.assert_array_equal(a, cell(x, x, key=k1)[0])  # the key decides the masks
+    assert not np.array_equal(a, cell(x, x, key=k2)[0])
+    # Never silently one mask for every call: without a key or a step the call is refused.
+    with pytest.raises(TypeError, match="or bind the step with cell.at_step"):
+        cell(x, x)
+    # A hand-written loop with a fresh key per step draws a fresh mask per step.
+    keys = jax.random.split(getkey(), 4)
+    masks = [np.asarray(cell(x, x, key=k)[0]) != 0 for k in keys]
+    assert not any(np.array_equal(masks[0], m) for m in masks[1:])
+    # Under jit, the key is an ordinary argument.
+    jitted = eqx.filter_jit(lambda c, x, k: c(x, x, key=k)[0])
+    np.testing.assert_array_equal(jitted(cell, x, k1), a)
+
+
+def test_key_passes_through_wrappers_and_is_ignored_by_deterministic_cells(getkey):
+    gru = random_cell(lambda: recurrax.GRUCell(4, 4, key=KEY, dtype=jnp.float64))
+    x, h = _x((3, 4)), jnp.zeros((3, 4))
+    k = getkey()
+    for cell in (gru, recurrax.ResidualWrapper(gru), recurrax.MultiRNNCell([gru, gru])):
+        state = cell.zero_state(3, None)
+        assert_tree_close(cell(x, state, key=k), cell(x, state), 0, 0)
+    # Inside a ResidualWrapper, a DropoutWrapper gets the call's key.
+    drop = recurrax.DropoutWrapper(EchoCell(4, False), output_keep_prob=0.5, key=getkey())
+    res = recurrax.ResidualWrapper(drop)
+    np.testing.assert_array_equal(res(x, h, key=k)[0], x + drop(x, h, key=k)[0])
+    with pytest.raises(TypeError, match="dropout is active"):
+        res(x, h)
+    # A user cell whose call takes no key is called without one.
+    multi = recurrax.MultiRNNCell([EchoCell(4, False), drop])
+    out, _ = multi(x, multi.zero_state(3, jnp.float64), key=k)
+    assert ((np.asarray(out) == 0) | np.isclose(out, 2 * x)).all()
+
+
+@pytest.mark.parametrize("variational", [False, True])
+@pytest.mark.parametrize("how", ["runner", "call_key"])
+def test_multi_rnn_cell_layers_draw_different_masks(how, variational, getkey):
+    """Two layers wrapped with one key still drop different units: MultiRNNCell folds the layer
+    index into the keys (bound by the runners) and into a call's key."""
+    key = getkey()
+    layer = recurrax.DropoutWrapper(
+        EchoCell(64, False), input_keep_prob=0.5, variational_recurrent=variational, key=key
+    )
+    multi = recurrax.MultiRNNCell([layer, layer])
+    x = jnp.ones((8, 64), jnp.float64)
+    zero = multi.zero_state(8, jnp.float64)
+    if how == "runner":
+        _, (s0, s1) = recurrax.dynamic_rnn(multi, x[:, None], initial_state=zero)
+    else:
+        _, (s0, s1) = multi(x, zero, key=getkey())
+    # Each layer's state is the input it saw, after its own input dropout: layer 1 sees layer 0's
+    # output, so its kept units are a subset of layer 0's; a different mask makes it a strict one.
+    kept0, kept1 = np.asarray(s0) != 0, np.asarray(s1) != 0
+    assert (kept0 | ~kept1).all()
+    assert (kept0 & ~kept1).any() and kept1.any()
+    np.testing.assert_allclose(np.asarray(s1)[kept1], 4.0)  # scaled by 1/0.5 twice
+
+
+def test_fresh_masks_per_batch_and_an_optax_step_with_a_key_inside(getkey):
+    """The two ways docs/custom-cells.md gives for fresh masks per batch, and a key kept inside
+    a model next to optax: eqx.filter(model, eqx.is_inexact_array) leaves the key out."""
+    optax = pytest.importorskip("optax")
+    inner = random_cell(lambda: recurrax.BasicLSTMCell(8, 4, key=KEY, dtype=jnp.float64))
+    model = recurrax.DropoutWrapper(inner, output_keep_prob=0.5, key=getkey())
+    x = _x((5, 6, 4))
+
+    def loss(model, x):
+        out, _ = recurrax.dynamic_rnn(model, x)
+        return jnp.sum(out**2)
+
+    params = eqx.filter(model, eqx.is_inexact_array)
+    assert all(jnp.issubdtype(p.dtype, jnp.inexact) for p in jax.tree_util.tree_leaves(params))
+    assert params.key is None and model.key is not None
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+    grads = eqx.filter_grad(loss)(model, x)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    new = eqx.apply_updates(model, updates)
+    assert new.key is model.key and not np.allclose(new.cell.kernel, model.cell.kernel)
+
+    # Fresh masks per batch: replace the wrapper's key, or wrap the cell per batch.
+    k1, k2 = getkey(), getkey()
+    a = recurrax.dynamic_rnn(eqx.tree_at(lambda m: m.key, model, k1), x)[0]
+    b = recurrax.dynamic_rnn(eqx.tree_at(lambda m: m.key, model, k2), x)[0]
+    assert not np.array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
+    per_batch = recurrax.DropoutWrapper(inner, output_keep_prob=0.5, key=k1)
+    np.testing.assert_array_equal(recurrax.dynamic_rnn(per_batch, x)[0], a)
+
+
+# --- TF1's properties and get_initial_state ------------------------------------------------------
+
+
+def test_wrapped_cell_and_get_initial_state(getkey):
+    lstm = random_cell(lambda: recurrax.BasicLSTMCell(4, 3, key=KEY, dtype=jnp.float64))
+    drop = recurrax.DropoutWrapper(lstm, output_keep_prob=0.5, key=getkey())
+    res = recurrax.ResidualWrapper(random_cell(lambda: recurrax.GRUCell(3, 3, key=KEY)))
+    assert drop.wrapped_cell is lstm and res.wrapped_cell is res.cell
+    multi = recurrax.MultiRNNCell([drop, recurrax.GRUCell(2, 4, key=KEY)])
+    x32 = np.ones((5, 3), np.float32)
+    for cell in (drop, res, multi):
+        state = cell.get_initial_state(x32)
+        assert_tree_close(state, cell.zero_state(5, jnp.float32), 0, 0)
+        assert all(s.dtype == jnp.float32 for s in jax.tree_util.tree_leaves(state))
+        assert all(s.shape[0] == 5 for s in jax.tree_util.tree_leaves(state))
+    sizes = [s.shape for s in jax.tree_util.tree_leaves(multi.get_initial_state(batch_size=2))]
+    assert sizes == [(2, 4), (2, 4), (2, 2)]
+    # Without a dtype, each layer keeps its own (float64, then float32).
+    dtypes = [s.dtype for s in jax.tree_util.tree_leaves(multi.get_initial_state(batch_size=2))]
+    assert dtypes == [jnp.float64, jnp.float64, jnp.float32]
+    with pytest.raises(ValueError, match=r"batch_size=4 disagrees with the inputs' batch 5"):
+        multi.get_initial_state(x32, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda c: recurrax.DropoutWrapper(c, 0.5, key=KEY, seed=3),
+        lambda c: recurrax.DropoutWrapper(c, 0.5, key=KEY, dropout_state_filter_visitor=None),
+        lambda c: recurrax.ResidualWrapper(c, residual_function=None),
+        lambda c: recurrax.MultiRNNCell([c], state_is_tupl=True),
+    ],
+    ids=["seed", "filter", "residual_fn", "state_is_tuple"],
+)
+def test_wrapper_unknown_keywords_name_the_fix(build):
+    with pytest.raises(TypeError, match=r"(did you mean '\w+'\?|does not take \w+=)"):
+        build(random_cell(lambda: recurrax.GRUCell(3, 3, key=KEY)))
+
+
+def test_wrapper_tf1_arguments(getkey):
+    gru = random_cell(lambda: recurrax.GRUCell(3, 3, key=KEY))
+    # TF1's input_size and dtype are accepted (recurrax reads both from the data).
+    recurrax.DropoutWrapper(gru, 0.5, 1.0, 1.0, True, 3, jnp.float32, key=getkey())
+    with pytest.raises(ValueError, match="input_size=4 disagrees with the cell's input_size 3"):
+        recurrax.DropoutWrapper(gru, 0.5, variational_recurrent=True, input_size=4, key=KEY)
+    with pytest.raises(ValueError, match="MultiRNNCell: state_is_tuple=False is not supported"):
+        recurrax.MultiRNNCell([gru], state_is_tuple=False)

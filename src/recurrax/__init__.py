@@ -10,9 +10,15 @@ from .buckets import BucketedFunction as BucketedFunction
 from .buckets import bucketed as bucketed
 from .buckets import pad_to_bucket as pad_to_bucket
 from .cells.base import LSTMStateTuple as LSTMStateTuple
+from .cells.base import RNNCell as RNNCell
 from .cells.gru import GRUCell as GRUCell
+from .cells.initializers import random_uniform_initializer as random_uniform_initializer
+from .cells.layernorm import LayerNormBasicLSTMCell as LayerNormBasicLSTMCell
 from .cells.lstm import BasicLSTMCell as BasicLSTMCell
 from .cells.lstm import LSTMCell as LSTMCell
+from .cells.projection import EmbeddingWrapper as EmbeddingWrapper
+from .cells.projection import InputProjectionWrapper as InputProjectionWrapper
+from .cells.projection import OutputProjectionWrapper as OutputProjectionWrapper
 from .cells.rnn import BasicRNNCell as BasicRNNCell
 from .cells.wrappers import DropoutWrapper as DropoutWrapper
 from .cells.wrappers import MultiRNNCell as MultiRNNCell
@@ -31,9 +37,11 @@ from .io.checkpoint import save_checkpoint as save_checkpoint
 from .io.tf1 import load_tf1_weights as load_tf1_weights
 from .io.tf1 import tf1_variable_names as tf1_variable_names
 from .io.tf1 import tf1_weights as tf1_weights
+from .io.tf1_checkpoint import load_tf1_checkpoint as load_tf1_checkpoint
 from .io.weights import load_weights as load_weights
 from .io.weights import save_weights as save_weights
 from .lengths import reverse_sequence as reverse_sequence
+from .raw import raw_rnn as raw_rnn
 from .static import static_bidirectional_rnn as static_bidirectional_rnn
 from .static import static_rnn as static_rnn
 

@@ -21,7 +21,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .cells.base import is_traced
+from .cells.checks import is_traced
 from .lengths import check_sequence_length
 
 __all__ = ["check_edges", "pad_to_bucket", "BucketedFunction", "bucketed"]

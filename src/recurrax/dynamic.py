@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .cells.base import check_cell
+from .cells.checks import check_cell
 from .engine.dispatch import run_cell
 from .engine.options import resolve_options
-from .lengths import check_sequence_length, reverse_sequence
+from .lengths import check_sequence_length, reverse_rows
 from .validate import (
+    cast_inputs,
     check_feature_size,
     check_parallel_iterations,
     check_sequence_inputs,
@@ -78,10 +79,15 @@ def dynamic_rnn(
 
     - ``cell``: a cell (built-in, wrapper, or any object following the cell protocol).
     - ``inputs``: ``[batch, time, input_size]`` (``[time, batch, input_size]`` with
-      ``time_major=True``); non-floating arrays are cast to ``dtype``.
-    - ``sequence_length``: optional int ``[batch]`` with values in ``[0, time]``. Checked when
-      concrete; under ``jax.jit`` values are traced and unchecked, and then a length above
-      ``time`` acts as ``time`` and a negative one as 0.
+      ``time_major=True``) of a real dtype, cast to ``dtype``; ``time`` may be 0 (zero steps:
+      outputs ``[batch, 0, output_size]``, the initial state). A cell whose class sets
+      ``integer_inputs = True`` (``EmbeddingWrapper``) takes integer ids ``[batch, time, 1]``
+      instead, passed through uncast. Steps at or past a row's length may hold anything (NaN
+      included): the cell sees zeros there, and no NaN reaches outputs, states or gradients.
+    - ``sequence_length``: optional ``[batch]`` of any integer dtype, values in ``[0, time]``.
+      Checked when concrete; under ``jax.jit`` values are traced and unchecked, and then a
+      length above ``time`` acts as ``time`` and a negative one as 0 (clipped in their own
+      dtype, so a uint32 ``2**32 - 1`` is ``time`` too).
     - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays.
     - ``dtype``: dtype of the state and outputs; required without ``initial_state`` unless the
       cell declares one. An explicit ``dtype`` wins.
@@ -141,7 +147,8 @@ def dynamic_rnn(
     )
     check_feature_size(cell, features, "inputs")
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
-    return run_cell(cell, inputs.astype(dtype), state, dtype, sequence_length, options)
+    xs = cast_inputs(cell, inputs, dtype)
+    return run_cell(cell, xs, state, dtype, sequence_length, options)
 
 
 def bidirectional_dynamic_rnn(
@@ -186,12 +193,10 @@ def bidirectional_dynamic_rnn(
         (cell_fw, cell_bw), (initial_state_fw, initial_state_bw), dtype, features, batch
     )
     t_axis, b_axis = (0, 1) if options.time_major else (1, 0)
-    out_fw, state_fw = run_cell(
-        cell_fw, inputs.astype(dtype_fw), init_fw, dtype_fw, sequence_length, options
-    )
-    reversed_inputs = reverse_sequence(inputs, sequence_length, t_axis, b_axis)
-    out_bw, state_bw = run_cell(
-        cell_bw, reversed_inputs.astype(dtype_bw), init_bw, dtype_bw, sequence_length, options
-    )
-    out_bw = reverse_sequence(out_bw, sequence_length, t_axis, b_axis)
+    xs_fw = cast_inputs(cell_fw, inputs, dtype_fw, "cell_fw")
+    reversed_inputs = reverse_rows(inputs, sequence_length, t_axis, b_axis)
+    xs_bw = cast_inputs(cell_bw, reversed_inputs, dtype_bw, "cell_bw")
+    out_fw, state_fw = run_cell(cell_fw, xs_fw, init_fw, dtype_fw, sequence_length, options)
+    out_bw, state_bw = run_cell(cell_bw, xs_bw, init_bw, dtype_bw, sequence_length, options)
+    out_bw = reverse_rows(out_bw, sequence_length, t_axis, b_axis)
     return (out_fw, out_bw), (state_fw, state_bw)

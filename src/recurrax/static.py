@@ -10,9 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cells.base import check_cell, is_traced
-from .lengths import check_sequence_length, masked_step, reverse_sequence
+from .cells.checks import check_cell, is_traced
+from .lengths import check_sequence_length, masked_step, reverse_rows
 from .validate import (
+    cast_inputs,
     check_feature_size,
     check_step_inputs,
     resolve_directions,
@@ -44,8 +45,11 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     **Arguments:**
 
     - ``cell``: a cell (see :mod:`recurrax` for the protocol).
-    - ``inputs``: a non-empty list of ``T`` arrays ``[batch, input_size]``; non-floating arrays
-      are cast to ``dtype``, as TF1 casts what it feeds to a placeholder.
+    - ``inputs``: a non-empty list of ``T`` arrays ``[batch, input_size]`` of a real dtype;
+      they are cast to ``dtype``, as TF1 casts what it feeds to a placeholder. A cell whose
+      class sets ``integer_inputs = True`` (``EmbeddingWrapper``) takes integer ids ``[batch, 1]``
+      instead, passed through uncast. Steps at or past a row's length may hold anything (NaN
+      included): the cell sees zeros there.
     - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays; default
       ``cell.zero_state(batch, dtype)``.
     - ``dtype``: the dtype of the state and outputs; required when there is no ``initial_state``
@@ -71,13 +75,16 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     check_feature_size(cell, features, "inputs")
     sequence_length = check_sequence_length(sequence_length, batch, len(xs))
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
-    return _unroll(cell, xs, state, dtype, sequence_length)
+    return _unroll(cell, _cast_steps(cell, xs, dtype, "cell"), state, dtype, sequence_length)
+
+
+def _cast_steps(cell, xs, dtype, name: str):
+    """The steps ``cell`` runs on (:func:`~recurrax.validate.cast_inputs`, step by step)."""
+    return [cast_inputs(cell, x, dtype, name, f"inputs[{t}]") for t, x in enumerate(xs)]
 
 
 def _unroll(cell, xs, state, dtype, sequence_length):
-    """:func:`static_rnn` on checked arguments: ``xs`` a list of ``[B, I]`` arrays."""
-    xs = [x.astype(dtype) for x in xs]
-
+    """:func:`static_rnn` on checked arguments: ``xs`` a list of ``[B, I]`` arrays, cast."""
     # With concrete lengths TF1 skips the cell past the longest row; do the same.
     n_run = len(xs)
     if sequence_length is not None and not is_traced(sequence_length):
@@ -131,9 +138,11 @@ def static_bidirectional_rnn(
     (init_fw, dtype_fw), (init_bw, dtype_bw) = resolve_directions(
         (cell_fw, cell_bw), (initial_state_fw, initial_state_bw), dtype, features, batch
     )
-    out_fw, state_fw = _unroll(cell_fw, xs, init_fw, dtype_fw, sequence_length)
-    reversed_xs = list(reverse_sequence(jnp.stack(xs), sequence_length))
-    out_bw, state_bw = _unroll(cell_bw, reversed_xs, init_bw, dtype_bw, sequence_length)
-    out_bw = list(reverse_sequence(jnp.stack(out_bw), sequence_length))
+    xs_fw = _cast_steps(cell_fw, xs, dtype_fw, "cell_fw")
+    reversed_xs = list(reverse_rows(jnp.stack(xs), sequence_length))
+    xs_bw = _cast_steps(cell_bw, reversed_xs, dtype_bw, "cell_bw")
+    out_fw, state_fw = _unroll(cell_fw, xs_fw, init_fw, dtype_fw, sequence_length)
+    out_bw, state_bw = _unroll(cell_bw, xs_bw, init_bw, dtype_bw, sequence_length)
+    out_bw = list(reverse_rows(jnp.stack(out_bw), sequence_length))
     outputs = [jnp.concatenate([f, b], -1) for f, b in zip(out_fw, out_bw)]
     return outputs, state_fw, state_bw

@@ -8,19 +8,58 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from .cells.base import cell_dtype, check_float_dtype, is_size_leaf, size_to_str, zero_state_of
+from .cells.base import cell_dtype, zero_state_of
+from .cells.checks import check_float_dtype, is_size_leaf, size_to_str
+from .cells.wrappers import MultiRNNCell
 
 __all__ = [
+    "cast_inputs",
     "check_sequence_inputs",
     "check_step_inputs",
     "check_parallel_iterations",
     "check_feature_size",
     "resolve_initial_state",
     "resolve_directions",
+    "takes_integer_inputs",
 ]
 
 
+def takes_integer_inputs(cell) -> bool:
+    """Whether ``cell`` reads integer inputs (ids) that the runners pass through uncast: its
+    class sets ``integer_inputs = True`` (an ``EmbeddingWrapper`` does), or it is a
+    ``MultiRNNCell`` whose first layer does."""
+    if type(cell) is MultiRNNCell:
+        return takes_integer_inputs(cell.cells[0])
+    return bool(getattr(cell, "integer_inputs", False))
+
+
+def cast_inputs(cell, inputs, dtype, name: str = "cell", where: str = "inputs"):
+    """The inputs ``cell`` runs on: cast to ``dtype``, or, for a cell that
+    :func:`takes_integer_inputs`, left intact (their dtype must then be an integer one)."""
+    if not takes_integer_inputs(cell):
+        return inputs.astype(dtype)
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+        raise TypeError(
+            f"{name} ({type(cell).__name__}) takes integer inputs (ids: its integer_inputs is "
+            f"True), so {where} must have an integer dtype; got {inputs.dtype}. Pass the ids "
+            "as an int array, e.g. x.astype(jnp.int32)."
+        )
+    return inputs
+
+
+def _check_real(x, where: str) -> None:
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{where} must be real (a floating or integer dtype, cast to dtype); got "
+            f"{x.dtype}. Pass jnp.real(x), or the real and imaginary parts as separate features."
+        )
+
+
 def check_feature_size(cell, features: int, where: str, name: str = "cell") -> None:
+    """``features`` against ``cell.input_size`` when the cell declares one (not for a cell that
+    :func:`takes_integer_inputs`: its ids are not features)."""
+    if takes_integer_inputs(cell):
+        return
     input_size = getattr(cell, "input_size", None)
     if input_size is not None and int(features) != int(input_size):
         raise ValueError(
@@ -99,7 +138,8 @@ def resolve_directions(cells, initial_states, dtype, features: int, batch_size: 
 
 
 def check_sequence_inputs(inputs, time_major: bool, name: str = "inputs"):
-    """Return ``(inputs as an array, batch, time, features)`` or raise a clear error."""
+    """Return ``(inputs as an array, batch, time, features)`` or raise a clear error. ``time``
+    may be 0 (TF1's ``dynamic_rnn`` accepts it: no steps, the initial state)."""
     if isinstance(inputs, (list, tuple)):
         raise TypeError(
             f"{name} must be one array of shape "
@@ -119,8 +159,7 @@ def check_sequence_inputs(inputs, time_major: bool, name: str = "inputs"):
         time, batch, features = inputs.shape
     else:
         batch, time, features = inputs.shape
-    if time == 0:
-        raise ValueError(f"{name} must have at least one time step; got shape {inputs.shape}.")
+    _check_real(inputs, name)
     return inputs, batch, time, features
 
 
@@ -148,6 +187,7 @@ def check_step_inputs(inputs, name: str = "inputs"):
         raise ValueError(f"{name} must hold at least one time step; got an empty list.")
     xs = [x if hasattr(x, "ndim") else jnp.asarray(x) for x in inputs]
     for t, x in enumerate(xs):
+        _check_real(x, f"{name}[{t}]")
         if x.ndim != 2:
             raise ValueError(
                 f"{name}[{t}] must have shape [batch, input_size] (rank 2); "

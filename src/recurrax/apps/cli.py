@@ -10,12 +10,16 @@ take are defined once (:func:`~recurrax.apps.options.shared_options`): ``--progr
 auto|rich|plain|none`` and ``--seed``. Cells are named as in
 :data:`recurrax.cells.registry.BUILTIN`: ``rnn``, ``gru``, ``lstm``.
 
-One error path: a bad argument, a file it names that is missing or does not fit, or a missing
-optional extra ends the command with one line ``recurrax <command>: error: <message>`` on
-stderr and exit status 2, without a traceback. argparse reports what it checks that way; each
-subcommand checks the rest before its work starts and raises
-:class:`~recurrax.apps.options.UsageError`. An exception raised during the work itself is a
-bug, and keeps its traceback.
+One error path: a bad argument, a file it names that is missing or does not fit, a file or
+directory it is to write that cannot be written, or a missing optional extra ends the command
+with one line ``recurrax <command>: error: <message>`` on stderr and exit status 2, without a
+traceback. argparse reports what it checks that way; each subcommand checks the rest before its
+work starts and raises :class:`~recurrax.apps.options.UsageError`. A failure of the work that
+is not a bug (a training run whose loss became NaN) is one line and exit status 1
+(:class:`~recurrax.apps.options.CommandError`); Ctrl-C is one line
+``recurrax <command>: interrupted: ...`` and exit status 130 (``recurrax train`` saves its
+checkpoint first). Any other exception raised during the work is a bug, and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ import sys
 from recurrax.cells.registry import BUILTIN
 
 from .options import (
+    CommandError,
+    Interrupted,
     Parser,
     UsageError,
     lengths,
     names,
     need_pyplot,
     positive,
+    save_directory,
     seconds,
     shape,
     shared_options,
@@ -141,13 +148,21 @@ def _add_train(sub) -> None:
 
 
 def run_train_cli(args: argparse.Namespace, echo=print) -> int:
-    """``recurrax train``: settings and checkpoint checked first (:func:`~.train.prepare`)."""
+    """``recurrax train``: settings, files and checkpoint checked first (:func:`~.train.prepare`).
+
+    A diverged run (:class:`~.train.NonFiniteLoss`) ends with exit status 1; Ctrl-C
+    (:class:`~.train.TrainingInterrupted`) with 130, after saving to ``--save``.
+    """
+    from recurrax.io.checkpoint import FILENAME
+
+    save_directory(args.save, FILENAME)
+    need_pyplot(args.plot)
+
     import jax
 
     from .plots import plot_history
-    from .train import TrainConfig, fit, prepare
+    from .train import NonFiniteLoss, TrainConfig, TrainingInterrupted, fit, prepare
 
-    need_pyplot(args.plot)
     if args.distributed:
         jax.distributed.initialize()
     try:
@@ -172,7 +187,18 @@ def run_train_cli(args: argparse.Namespace, echo=print) -> int:
         f"{config.mode}_rnn, {config.epochs} epochs, global batch {config.batch_size} over "
         f"{len(devices)} {devices[0].platform} device(s)"
     )
-    result = fit(run, stop_after=args.stop_after, progress=args.progress, echo=echo)
+    try:
+        result = fit(run, stop_after=args.stop_after, progress=args.progress, echo=echo)
+    except NonFiniteLoss as e:
+        message = str(e).replace("a smaller learning rate", "a smaller --learning-rate")
+        raise CommandError(message) from None
+    except TrainingInterrupted as e:
+        where = f"after step {e.step} of {e.total_steps}"
+        raise Interrupted(
+            f"{where}; checkpoint saved to {e.path}: continue with --save {args.save} --resume"
+            if e.path is not None
+            else f"{where}; nothing saved (no --save)."
+        ) from None
     echo(
         f"trained to step {result.step} of {result.total_steps} in {result.seconds:.1f} s "
         "of wall time"
@@ -317,14 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["recurrax", *argv])
     try:
         return int(args.run(args))
-    except UsageError as e:
+    except CommandError as e:
         return _fail(e.prog or f"recurrax {args.command}", e)
+    except KeyboardInterrupt:
+        return _fail(f"recurrax {args.command}", Interrupted("stopped by Ctrl-C."))
 
 
-def _fail(prog: str, error: Exception) -> int:
+def _fail(prog: str, error: CommandError) -> int:
     message = " ".join(str(error).split())  # one line, whatever the message held
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
+    print(f"{prog}: {error.label}: {message}", file=sys.stderr)
+    return error.status
 
 
 if __name__ == "__main__":

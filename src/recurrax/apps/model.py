@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from recurrax import DropoutWrapper, MultiRNNCell, dynamic_rnn, static_rnn
-from recurrax.cells.base import glorot_uniform
+from recurrax.cells.initializers import glorot_uniform
 from recurrax.cells.registry import BUILTIN
 
 __all__ = ["RecurrentModel", "make_cell", "loss_and_metric"]

@@ -7,19 +7,25 @@
   printing its usage and exiting; :func:`recurrax.apps.cli.main` prints any
   :class:`UsageError` as one line ``recurrax <command>: error: <message>`` and returns 2;
 - argument types that check a value where it is read (``--lengths``, ``--shape``, seconds,
-  positive counts, lists of names), and the checks made before a command's work starts
-  (:func:`need_pyplot`, :func:`writable`).
+  positive counts, ``--seed``, lists of names), and the checks made before a command's work
+  starts (:func:`need_pyplot`, :func:`writable`, :func:`save_directory`);
+- :class:`CommandError`, the base of :class:`UsageError`: a failure during the work that is
+  not a bug (exit status 1), or an interruption (:class:`Interrupted`, exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .progress import MODES
 
 __all__ = [
+    "CommandError",
     "UsageError",
+    "Interrupted",
+    "SEED_MAX",
     "Parser",
     "shared_options",
     "lengths",
@@ -27,18 +33,42 @@ __all__ = [
     "seconds",
     "positive",
     "names",
+    "seed_option",
     "writable",
+    "save_directory",
     "need_pyplot",
 ]
 
+SEED_MAX = 2**32 - 1  # seeds are 32-bit: what jax.random.key and numpy both take alike
 
-class UsageError(Exception):
-    """A bad argument or another mistake of the user: :func:`main` prints
-    ``<prog>: error: <message>`` on one line and returns 2."""
+
+class CommandError(Exception):
+    """A command that cannot go on: :func:`~recurrax.apps.cli.main` prints
+    ``<prog>: <label>: <message>`` on one line, without a traceback, and returns ``status``.
+
+    Used as is for a failure of the work that is not a bug (e.g. a training run whose loss
+    became NaN): ``status`` 1, ``label`` ``"error"``."""
+
+    status = 1
+    label = "error"
 
     def __init__(self, message: str, prog: str | None = None):
         super().__init__(message)
         self.prog = prog
+
+
+class UsageError(CommandError):
+    """A bad argument or another mistake of the user: :func:`main` prints
+    ``<prog>: error: <message>`` on one line and returns 2."""
+
+    status = 2
+
+
+class Interrupted(CommandError):
+    """The user pressed Ctrl-C: ``<prog>: interrupted: <message>``, exit status 130."""
+
+    status = 130
+    label = "interrupted"
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,7 +91,10 @@ def shared_options(*, seed: int | None = None) -> argparse.ArgumentParser:
     )
     if seed is not None:
         shared.add_argument(
-            "--seed", type=int, default=seed, help=f"the seed of every random choice ({seed})"
+            "--seed",
+            type=seed_option,
+            default=seed,
+            help=f"the seed of every random choice ({seed})",
         )
     return shared
 
@@ -124,6 +157,19 @@ def positive(name: str):
     return parse
 
 
+def seed_option(text: str) -> int:
+    """``--seed``: an integer in ``[0, 2**32 - 1]``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"--seed must be an integer from 0 to {SEED_MAX} (2**32 - 1); got {text!r}."
+        )
+    return value
+
+
 def names(name: str, allowed: tuple[str, ...]):
     """The type of option ``name``: comma-separated names of ``allowed``, as a tuple."""
 
@@ -138,11 +184,50 @@ def names(name: str, allowed: tuple[str, ...]):
     return parse
 
 
+def _can_write(directory: Path) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
 def writable(path, option: str) -> None:
-    """Fail before any work when ``path`` (given as ``option``) cannot be written: its
-    directory does not exist."""
-    if path is not None and not Path(path).resolve().parent.is_dir():
+    """Fail before any work when the file ``path`` (given as ``option``) cannot be written: its
+    directory does not exist or is not writable, or ``path`` is a directory."""
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.resolve().parent
+    if not parent.is_dir():
         raise UsageError(f"{option} {path}: its directory does not exist.")
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: it is a directory; name a file to write.")
+    if not _can_write(parent):
+        raise UsageError(f"{option} {path}: its directory {parent} is not writable.")
+
+
+def save_directory(path, filename: str, option: str = "--save") -> None:
+    """Fail before any work when the directory ``path`` cannot hold the file ``filename``:
+    ``path`` is a file, or is (or would be created in) a directory that is not writable, or
+    ``path/filename`` is a directory."""
+    if path is None:
+        return
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{option} {path}: it is a file, not a directory.")
+    if directory.is_dir():
+        if (directory / filename).is_dir():
+            raise UsageError(
+                f"{option} {path}: {directory / filename} is a directory, where the checkpoint "
+                "file should go; remove it or save to another directory."
+            )
+        if not _can_write(directory):
+            raise UsageError(f"{option} {path}: the directory is not writable.")
+        return
+    ancestor = directory.resolve().parent  # the directory will be created: where?
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, not a directory.")
+    if not _can_write(ancestor):
+        raise UsageError(f"{option} {path}: cannot create it, {ancestor} is not writable.")
 
 
 def need_pyplot(path) -> None:

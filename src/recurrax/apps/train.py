@@ -15,12 +15,19 @@ devices of every host and each host feeds its own slice of the global batch.
 Everything random is a function of the seed: the initial weights of ``key(seed)``, the dropout
 masks of step ``s`` of ``fold_in(key, s)``, the batch of step ``s`` of ``(seed, s)``. So a run
 stopped and resumed from a checkpoint ends with the same bits as one that never stopped.
+
+Two ways a run ends early, both after :func:`fit` has left the progress display: a loss that is
+not finite (the losses are fetched once an epoch, and at the end, so this costs no extra
+synchronisation) raises :class:`NonFiniteLoss` naming the step, without saving; a
+``KeyboardInterrupt`` (Ctrl-C) saves the last completed step (with ``save_dir``) and raises
+:class:`TrainingInterrupted`, from which the run resumes to the same bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, NamedTuple
 
@@ -42,6 +49,8 @@ __all__ = [
     "TrainResult",
     "RecurrentModel",
     "Prepared",
+    "NonFiniteLoss",
+    "TrainingInterrupted",
     "make_cell",
     "prepare",
     "fit",
@@ -50,6 +59,28 @@ __all__ = [
 
 TASK_EPOCHS = {"digits": 40, "sine": 20}
 _MODES = ("static", "dynamic")
+SEED_MAX = 2**32 - 1
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run diverged. ``step`` (1-based) is the
+    first step whose loss was not finite; no checkpoint of that state was written."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A ``KeyboardInterrupt`` during :func:`fit`, after the last completed step was saved.
+
+    ``step`` and ``total_steps``: where the run stopped; ``path``: the checkpoint written (or
+    ``None`` without ``save_dir``). A ``KeyboardInterrupt``, so callers that stop on Ctrl-C
+    still do."""
+
+    def __init__(self, step: int, total_steps: int, path):
+        super().__init__(f"interrupted after step {step} of {total_steps}")
+        self.step, self.total_steps, self.path = step, total_steps, path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +96,7 @@ class TrainConfig:
     - ``epochs``: ``None`` picks the task's default (digits 40, sine 20).
     - ``learning_rate``: Adam's initial rate, cosine-decayed to 0 over the run.
     - ``keep_prob``: dropout keep probability on the encoder's outputs (1.0: none).
-    - ``seed``: the one seed every random choice derives from.
+    - ``seed``: the one seed every random choice derives from, an int in ``[0, 2**32 - 1]``.
     """
 
     task: str = "digits"
@@ -89,8 +120,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int; got {value!r}.")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate}.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(
+                f"learning_rate must be a finite number > 0; got {self.learning_rate}."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int; got {self.seed!r}.")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be from 0 to {SEED_MAX} (2**32 - 1); got {self.seed}.")
         if not 0.0 < self.keep_prob <= 1.0:
             raise ValueError(f"keep_prob must be in (0, 1]; got {self.keep_prob}.")
         if self.epochs is None:
@@ -206,9 +243,10 @@ def prepare(
     **Arguments:** as in :func:`train`.
 
     **Raises** (all before a step is taken or a file written): ``ValueError`` for settings that
-    do not fit (a batch the devices do not divide, ``resume`` without ``save_dir``, a damaged
-    checkpoint or one of other settings or data), ``FileNotFoundError`` when ``save_dir`` holds
-    no checkpoint, ``ImportError`` when an extra the task needs (optax, scikit-learn) is missing.
+    do not fit (a batch the devices do not divide or larger than the training set, ``resume``
+    without ``save_dir``, a damaged checkpoint or one of other settings or data),
+    ``FileNotFoundError`` when ``save_dir`` holds no checkpoint, ``ImportError`` when an extra
+    the task needs (optax, scikit-learn) is missing.
     """
     if resume and save_dir is None:
         raise ValueError("resume=True needs save_dir: the directory holding the checkpoint.")
@@ -225,6 +263,11 @@ def prepare(
 
     data = _dataset(config)
     n_train = len(data.x_train)
+    if config.batch_size > n_train:
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the {n_train} training examples of task "
+            f"{config.task!r}; pick a batch_size of at most {n_train}."
+        )
     optimizer = make_optimizer(config.learning_rate, config.epochs * (n_train // config.batch_size))
     num_outputs = 1 if config.task == "sine" else data.num_classes
     model, opt_state, run_key = _init(config, data.x_train.shape[-1], num_outputs, optimizer)
@@ -249,6 +292,18 @@ def prepare(
     )  # fmt: skip
 
 
+class _State(NamedTuple):
+    """Where a run is: replaced as a whole after each step, so that a ``KeyboardInterrupt``
+    arriving anywhere finds a consistent one (``pending``: the device arrays of the losses and
+    metrics not yet in ``history``)."""
+
+    model: Any
+    opt_state: Any
+    step: int
+    history: dict
+    pending: tuple
+
+
 def fit(
     run: Prepared, *, stop_after: int | None = None, progress: str = "none", echo=print
 ) -> TrainResult:
@@ -257,66 +312,106 @@ def fit(
     if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
         raise ValueError(f"stop_after must be a positive int or None; got {stop_after!r}.")
     config, data, replicated = run.config, run.data, run.replicated
-    model, opt_state, step, history = run.model, run.opt_state, run.step, run.history
     n_train, per_epoch = len(data.x_train), len(data.x_train) // config.batch_size
     total_steps = run.total_steps
     per_step = config.task == "sine"
     settings = dataclasses.asdict(config)
 
-    def save(at: int):
-        if run.save_dir is not None:
-            save_checkpoint(
-                run.save_dir,
-                model=model,
-                opt_state=opt_state,
-                step=at,
-                key=run.run_key,
-                data_state=run.data_state,
-                config=settings,
-                history=history,
+    def save(state: _State):
+        if run.save_dir is None:
+            return None
+        return save_checkpoint(
+            run.save_dir,
+            model=state.model,
+            opt_state=state.opt_state,
+            step=state.step,
+            key=run.run_key,
+            data_state=run.data_state,
+            config=settings,
+            history=state.history,
+        )
+
+    def record(state: _State) -> _State:
+        """``state`` with its pending losses fetched into its history, checked to be finite."""
+        if not state.pending:
+            return state
+        values = np.asarray(jax.device_get(list(state.pending)), np.float64)  # (steps, 2)
+        bad = ~np.isfinite(values[:, 0])
+        if bad.any():
+            first = int(np.argmax(bad))
+            at = state.step - len(values) + first + 1
+            raise NonFiniteLoss(
+                f"the training loss became {values[first, 0]} at step {at} of {total_steps} "
+                f"(learning rate {config.learning_rate}): the run diverged, and no checkpoint "
+                "of it was written. Try a smaller learning rate.",
+                at,
             )
+        history = {
+            **state.history,
+            "loss": [*state.history["loss"], *values[:, 0].tolist()],
+            "metric": [*state.history["metric"], *values[:, 1].tolist()],
+        }
+        return state._replace(history=history, pending=())
+
+    def settle(state: _State) -> _State:
+        """Fetch the pending losses; at an epoch's end, measure the test metric too."""
+        done = record(state)
+        if state.step % per_epoch == 0:
+            tests = [*done.history["test_metric"], float(_evaluate(done.model, *test))]
+            done = done._replace(history={**done.history, "test_metric": tests})
+        return done
 
     test = tuple(_put(a, replicated) for a in (data.x_test, data.y_test, data.len_test))
     metric_name = "mse" if per_step else "accuracy"
-    end = total_steps if stop_after is None else min(total_steps, step + stop_after)
+    state = _State(run.model, run.opt_state, run.step, run.history, ())
+    end = total_steps if stop_after is None else min(total_steps, state.step + stop_after)
     host, hosts = jax.process_index(), jax.process_count()
     local = config.batch_size // hosts
-    reporter = make_reporter(progress, total_steps, step, metric_name, echo)
-    pending = []  # this epoch's (loss, metric) device arrays: fetched once per epoch
-    with reporter:
-        while step < end:
-            idx = batch_indices(step, n_train, config.batch_size, config.seed)
-            idx = idx[host * local : (host + 1) * local]  # this host's slice of the global batch
-            batch = tuple(
-                _put(None if a is None else a[idx], run.batch_sharding)
-                for a in (data.x_train, data.y_train, data.len_train)
-            )
-            model, opt_state, loss, metric = _train_step(
-                model, opt_state, batch, run.run_key, np.int32(step), run.optimizer, replicated
-            )
-            pending.append((loss, metric))
-            step += 1
-            reporter.advance(step, pending[-1])
-            if step % per_epoch == 0 or step == end:
-                values = np.asarray(jax.device_get(pending), np.float64)  # (steps, 2)
-                history["loss"] += values[:, 0].tolist()
-                history["metric"] += values[:, 1].tolist()
-                pending = []
-                if step % per_epoch == 0:
-                    history["test_metric"].append(float(_evaluate(model, *test)))
-                    reporter.epoch(step // per_epoch, config.epochs, history)
-                save(step)
+    reporter = make_reporter(progress, total_steps, state.step, metric_name, echo)
+    try:
+        with reporter:
+            while state.step < end:
+                step = state.step
+                idx = batch_indices(step, n_train, config.batch_size, config.seed)
+                idx = idx[host * local : (host + 1) * local]  # this host's slice of the batch
+                batch = tuple(
+                    _put(None if a is None else a[idx], run.batch_sharding)
+                    for a in (data.x_train, data.y_train, data.len_train)
+                )
+                model, opt_state, loss, metric = _train_step(
+                    state.model,
+                    state.opt_state,
+                    batch,
+                    run.run_key,
+                    np.int32(step),
+                    run.optimizer,
+                    replicated,
+                )
+                state = _State(
+                    model, opt_state, step + 1, state.history, (*state.pending, (loss, metric))
+                )
+                reporter.advance(state.step, (loss, metric))
+                if state.step % per_epoch == 0 or state.step == end:
+                    state = settle(state)  # one assignment: an interrupt sees before or after
+                    if state.step % per_epoch == 0:
+                        reporter.epoch(state.step // per_epoch, config.epochs, state.history)
+                    save(state)
+    except KeyboardInterrupt:
+        if state.pending:  # the steps since the last settle(), this step's included
+            state = settle(state)
+        raise TrainingInterrupted(state.step, total_steps, save(state)) from None
+    history = state.history
     # A finished run ends on an epoch boundary, whose test metric was just measured.
-    test_metric = history["test_metric"][-1] if step == total_steps else None
+    test_metric = history["test_metric"][-1] if state.step == total_steps else None
     baseline = last_value_mse(data.x_test, data.y_test, data.len_test) if per_step else None
     return TrainResult(
-        model,
-        opt_state,
+        state.model,
+        state.opt_state,
         history,
         metric_name,
         test_metric,
         baseline,
-        step,
+        state.step,
         total_steps,
         time.perf_counter() - start,
     )
@@ -350,6 +445,11 @@ def train(
       them, on every host).
 
     **Returns:** a :class:`TrainResult`; ``seconds`` counts the whole call.
+
+    **Raises**, besides what :func:`prepare` raises: :class:`NonFiniteLoss` when the loss
+    becomes NaN or infinite (checked whenever the losses are fetched: once an epoch and at the
+    end), before that state is saved; :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) on
+    Ctrl-C, after saving the last completed step to ``save_dir``.
 
     It is :func:`prepare` (every check of the settings and the checkpoint) then :func:`fit`.
     """

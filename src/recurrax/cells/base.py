@@ -10,7 +10,11 @@ A *cell* is any object with
 Optional attributes the runners use when present: ``zero_state(batch_size, dtype)`` (else zeros
 shaped by ``state_size``), ``input_size`` (checked against the inputs' feature size), ``dtype``
 (the default state dtype) and ``at_step(t)`` (returns the cell to use at time step ``t``;
-:class:`~recurrax.DropoutWrapper` uses it to draw a fresh mask per step).
+:class:`~recurrax.DropoutWrapper` uses it to draw a fresh mask per step). A cell whose
+``__call__`` takes a ``key`` keyword receives the per-call key the wrappers pass on.
+
+Every cell and wrapper of recurrax derives from :class:`RNNCell` (TF1's base class): it adds
+``get_initial_state`` and accepts ``key=None`` in its call (only dropout uses it).
 
 The built-in cells derive from :class:`Cell`: a family module (``rnn.py``, ``gru.py``,
 ``lstm.py``) gives its weights, its TF1 variable names and a *recurrence* (``recurrence.py``)
@@ -20,7 +24,8 @@ engine's fused path, which also uses the local derivatives the same ``step`` ret
 
 from __future__ import annotations
 
-import math
+import functools
+import inspect
 from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
@@ -28,12 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import check_batch_size, check_float_dtype, check_state, is_size_leaf
+
 __all__ = [
     "Cell",
     "LSTMStateTuple",
+    "RNNCell",
     "bind_step",
-    "check_cell",
-    "glorot_uniform",
+    "call_cell",
+    "cell_dtype",
+    "fold_in_keys",
     "zero_state_for",
     "zero_state_of",
 ]
@@ -48,15 +57,6 @@ class LSTMStateTuple(NamedTuple):
 
     c: Any
     h: Any
-
-
-def is_size_leaf(x) -> bool:
-    """Whether ``x`` is one size of a ``state_size`` / ``output_size`` nest (an int)."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def size_to_str(size) -> str:
-    return str(jax.tree_util.tree_map(int, size, is_leaf=is_size_leaf))
 
 
 def zero_state_for(state_size, batch_size: int, dtype) -> Any:
@@ -89,86 +89,104 @@ def bind_step(cell, t):
     return cell if at_step is None else at_step(t)
 
 
-# ----------------------------------------------------------------------------------------------
-# Checks shared by the cells, the wrappers and the runners.
+def fold_in_keys(cell, data):
+    """``cell`` with ``data`` folded into every dropout key it holds (``cell.fold_in_keys``
+    when the cell defines it, else the cell itself). ``MultiRNNCell`` folds in the layer index
+    so that layers built with one key still draw different masks."""
+    fold = getattr(cell, "fold_in_keys", None)
+    return cell if fold is None else fold(data)
 
 
-def check_cell(cell, name: str = "cell") -> None:
-    """Raise ``TypeError`` unless ``cell`` follows the cell protocol."""
-    missing = [a for a in ("state_size", "output_size") if not hasattr(cell, a)]
-    if missing or not callable(cell):
-        what = missing or ["__call__"]
-        raise TypeError(
-            f"{name} must be a cell: callable as cell(inputs, state) -> (output, new_state), "
-            f"with state_size and output_size; got {type(cell).__name__} lacking {what}."
-        )
-
-
-def check_positive_int(value, name: str, what: str | None = None) -> int:
-    """``value`` as an ``int`` if it is a positive int (not a bool), else a clear error."""
-    detail = f" ({what})" if what else ""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int{detail}; got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int{detail}; got {value}.")
-    return int(value)
-
-
-def check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be an int; got {type(batch_size).__name__}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
-
-
-def check_float_dtype(dtype, name: str):
-    """Return ``dtype`` as a ``jnp.dtype`` if it is floating, else raise a ``TypeError``."""
+@functools.cache
+def _takes_key(kind: type) -> bool:
     try:
-        dt = jnp.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"{name} must be a floating dtype; got {dtype!r}.") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(
-            f"{name} must be a floating dtype (float16, bfloat16, float32, float64); got {dt}."
+        params = inspect.signature(kind.__call__).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "key" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def call_cell(cell, inputs, state, key=None):
+    """``cell(inputs, state, key=key)``; without a key, or for a cell whose call takes none
+    (the protocol's ``cell(inputs, state)``), ``cell(inputs, state)``."""
+    if key is None or not _takes_key(type(cell)):
+        return cell(inputs, state)
+    return cell(inputs, state, key=key)
+
+
+def initial_state_arguments(cell, inputs, batch_size, dtype):
+    """``(batch_size, dtype)`` for ``get_initial_state``, as TF1 resolves them: from ``inputs``
+    (its first array's first axis and dtype) when given, checked against ``batch_size`` and
+    ``dtype`` when those are given too; ``dtype`` stays ``None`` (``zero_state``'s default, the
+    cell's) when neither gives it."""
+    owner = f"{type(cell).__name__}.get_initial_state"
+    if inputs is not None:
+        leaves = jax.tree_util.tree_leaves(inputs)
+        x = leaves[0] if leaves else None
+        if x is not None and not (hasattr(x, "shape") and hasattr(x, "dtype")):
+            x = np.asarray(x)
+        if x is None or x.ndim < 1:
+            shape = None if x is None else tuple(x.shape)
+            raise ValueError(f"{owner}: inputs must have a leading batch axis; got shape {shape}.")
+        in_batch, in_dtype = int(x.shape[0]), jnp.dtype(x.dtype)
+        if batch_size is not None and batch_size != in_batch:
+            raise ValueError(
+                f"{owner}: batch_size={batch_size} disagrees with the inputs' batch {in_batch} "
+                f"(inputs.shape[0] of shape {tuple(x.shape)}); pass one or the other."
+            )
+        if dtype is not None and check_float_dtype(dtype, "dtype") != in_dtype:
+            raise ValueError(
+                f"{owner}: dtype={jnp.dtype(dtype)} disagrees with the inputs' dtype {in_dtype}; "
+                "pass one or the other."
+            )
+        batch_size, dtype = in_batch, in_dtype
+    if batch_size is None:
+        raise ValueError(f"{owner} needs inputs or batch_size; got neither.")
+    # Without a dtype, zero_state's default: the cell's dtype (each layer's, in a stack).
+    if dtype is None and cell_dtype(cell) is None:
+        raise ValueError(
+            f"{owner}: dtype is required, since the cell declares none: pass dtype= or inputs."
         )
-    return dt
-
-
-def check_key(key, name: str = "key", purpose: str = "to initialise weights"):
-    if key is None:
-        raise TypeError(
-            f"{name} is required: pass a PRNG key such as jax.random.key(0) {purpose}; got None."
-        )
-    return key
-
-
-def check_activation(activation):
-    if not callable(activation):
-        raise TypeError(f"activation must be callable; got {activation!r}.")
-    return activation
-
-
-def is_traced(x) -> bool:
-    """Whether ``x`` is a tracer (a value only known when the program runs)."""
-    return isinstance(x, jax.core.Tracer)
-
-
-def glorot_uniform(key, shape, dtype) -> jax.Array:
-    """TF1's default ``glorot_uniform_initializer`` (fans as TF computes them, rank 1 included)."""
-    if len(shape) == 1:
-        fan_in = fan_out = shape[0]
-    else:
-        receptive = math.prod(shape[:-2])
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
+    return batch_size, dtype
 
 
 # ----------------------------------------------------------------------------------------------
-# The built-in cells.
+# The cells.
 
 
-class Cell(eqx.Module):
+class RNNCell(eqx.Module):
+    """The base of every recurrax cell and wrapper, as TF1's ``RNNCell``: a subclass gives
+    ``state_size``, ``output_size`` and ``__call__(inputs, state, *, key=None)``, and gets
+    :meth:`zero_state` and :meth:`get_initial_state`.
+
+    The ``key`` of a call is a PRNG key for the cell's randomness (dropout); a deterministic
+    cell ignores it, so code can pass a key to any cell (Equinox's convention).
+    """
+
+    def zero_state(self, batch_size: int, dtype=None):
+        """Zeros shaped like ``state_size`` with a leading ``batch_size`` axis (``dtype``
+        defaults to the cell's)."""
+        return zero_state_for(
+            self.state_size, batch_size, cell_dtype(self) if dtype is None else dtype
+        )
+
+    def get_initial_state(self, inputs=None, batch_size: int | None = None, dtype=None):
+        """TF1's ``get_initial_state``: the zero state for ``inputs`` (its batch is the first
+        axis, its dtype the state's) or for ``batch_size`` and ``dtype`` (default: the cell's).
+
+        **Arguments:**
+
+        - ``inputs``: optional, one step ``[batch, input_size]`` or a batch-major sequence
+          ``[batch, time, input_size]``; a list of steps uses its first.
+        - ``batch_size``, ``dtype``: needed without ``inputs``; with ``inputs`` they must agree
+          with it (``ValueError`` naming both otherwise).
+
+        **Returns:** the nest of ``[batch, n]`` zeros of :meth:`zero_state`.
+        """
+        return self.zero_state(*initial_state_arguments(self, inputs, batch_size, dtype))
+
+
+class Cell(RNNCell):
     """Base of the built-in cells: one family's weights, TF1 names and step math.
 
     A subclass declares its weights as fields, ``tf1_scope`` and ``tf1_variables`` (TF1's
@@ -197,13 +215,16 @@ class Cell(eqx.Module):
         """The cell's step math, as the fused path reads it (see ``recurrence.py``)."""
         raise NotImplementedError
 
-    def __call__(self, inputs, state):
+    def __call__(self, inputs, state, *, key=None):
+        """One step: ``(output, new_state)``. ``key`` is accepted and ignored (no randomness)."""
         name = type(self).__name__
-        if inputs.ndim != 2 or inputs.shape[-1] != self.input_size:
+        shape = np.shape(inputs)
+        if len(shape) != 2 or shape[-1] != self.input_size:
             raise ValueError(
                 f"{name}: inputs must have shape [batch, input_size={self.input_size}]; "
-                f"got {tuple(inputs.shape)}."
+                f"got {tuple(shape)}."
             )
+        check_state(name, self.state_size, shape[0], state)
         recurrence = self.recurrence()
         rec, fold = recurrence.cell_weights(self)
         with jax.named_scope(self.tf1_scope):

@@ -10,14 +10,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .base import (
-    Cell,
+from .base import Cell
+from .checks import (
+    KERNEL_INITIALIZER_NOTES,
+    ONE_ARRAY_STATE_NOTES,
     check_activation,
     check_float_dtype,
     check_key,
+    check_kwargs,
     check_positive_int,
-    glorot_uniform,
 )
+from .initializers import check_initializer, glorot_uniform, init_weight, ones_init, zeros_init
 from .recurrence import flat, input_rows, is_zero, pre_activation, previous, times, with_slope
 
 __all__ = ["GRUCell", "GRURecurrence"]
@@ -96,7 +99,12 @@ class GRUCell(Cell):
     ``h' = u * h + (1 - u) * c``.
 
     **Arguments:** ``num_units``, ``input_size``, ``key`` (keyword-only PRNG key),
-    ``activation`` (default ``jnp.tanh``), ``dtype`` (default float32).
+    ``activation`` (default ``jnp.tanh``, also for ``None``), ``dtype`` (default float32), and
+    TF1's ``kernel_initializer`` and ``bias_initializer``: JAX initializers ``(key, shape,
+    dtype) -> array`` for both kernels (default Glorot-uniform) and both biases (default: ones
+    for the gates, zeros for the candidate, as in TF1). ``reuse`` and ``name`` are accepted
+    for ported TF1 code and have no effect; an unknown keyword is a ``TypeError`` naming the
+    closest argument.
 
     **Weights:** ``gates_kernel [input_size + u, 2u]``, ``gates_bias [2u]`` (ones),
     ``candidate_kernel [input_size + u, u]``, ``candidate_bias [u]`` (zeros). TF1 names them
@@ -125,16 +133,49 @@ class GRUCell(Cell):
         ("candidate/bias", "candidate_bias"),
     )
 
-    def __init__(self, num_units, input_size, *, key, activation=jnp.tanh, dtype=jnp.float32):
+    def __init__(
+        self,
+        num_units,
+        input_size,
+        *,
+        key,
+        activation=jnp.tanh,
+        dtype=jnp.float32,
+        kernel_initializer=None,
+        bias_initializer=None,
+        reuse=None,
+        name=None,
+        **kwargs,
+    ):
+        check_kwargs(
+            "GRUCell",
+            kwargs,
+            GRUCell.__init__,
+            {**KERNEL_INITIALIZER_NOTES, **ONE_ARRAY_STATE_NOTES},
+        )
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")
         gkey, ckey = jax.random.split(check_key(key))
         self.activation = check_activation(activation)
-        self.gates_kernel = glorot_uniform(gkey, (n + u, 2 * u), dtype)
-        self.gates_bias = jnp.ones((2 * u,), dtype)
-        self.candidate_kernel = glorot_uniform(ckey, (n + u, u), dtype)
-        self.candidate_bias = jnp.zeros((u,), dtype)
+        k_init = check_initializer(kernel_initializer, "kernel_initializer")
+        b_init = check_initializer(bias_initializer, "bias_initializer")
+
+        def weight(init, default, key, shape, what):
+            return init_weight(init, default, key, shape, dtype, what)
+
+        self.gates_kernel = weight(
+            k_init, glorot_uniform, gkey, (n + u, 2 * u), "kernel_initializer"
+        )
+        self.gates_bias = weight(
+            b_init, ones_init, jax.random.fold_in(gkey, 1), (2 * u,), "bias_initializer"
+        )
+        self.candidate_kernel = weight(
+            k_init, glorot_uniform, ckey, (n + u, u), "kernel_initializer"
+        )
+        self.candidate_bias = weight(
+            b_init, zeros_init, jax.random.fold_in(ckey, 1), (u,), "bias_initializer"
+        )
 
     @property
     def state_size(self) -> int:

@@ -10,15 +10,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .base import (
-    Cell,
-    LSTMStateTuple,
+from .base import Cell, LSTMStateTuple
+from .checks import (
+    KERNEL_INITIALIZER_NOTES,
+    LSTM_INITIALIZER_NOTES,
     check_activation,
     check_float_dtype,
     check_key,
+    check_kwargs,
     check_positive_int,
-    glorot_uniform,
+    check_real,
+    check_state_is_tuple,
 )
+from .initializers import check_initializer, glorot_uniform, init_weight, zeros_init
 from .recurrence import flat, input_rows, is_zero, pre_activation, previous, times, with_slope
 
 __all__ = ["BasicLSTMCell", "LSTMCell", "LSTMRecurrence"]
@@ -26,6 +30,16 @@ __all__ = ["BasicLSTMCell", "LSTMCell", "LSTMRecurrence"]
 
 def _clip(limit: float):
     return lambda x: jnp.clip(x, -limit, limit)
+
+
+def _forget_bias(value) -> float:
+    return check_real(value, "forget_bias", "a number (added to the forget gate)")
+
+
+def _clip_limit(value, name: str) -> float | None:
+    """``None``, or a limit ``>= 0`` (``0.0`` clips to zero, as in TF1)."""
+    what = "a number >= 0 or None (0.0 clips to zero, as in TF1)"
+    return None if value is None else check_real(value, name, what, minimum=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +153,12 @@ class BasicLSTMCell(Cell):
     ``h' = activation(c') * sigmoid(o)``.
 
     **Arguments:** ``num_units``, ``input_size``, ``key``, ``forget_bias`` (default 1.0, added at
-    run time, not stored in ``bias``), ``activation`` (default ``jnp.tanh``), ``dtype``.
+    run time, not stored in ``bias``; NaN is refused), ``activation`` (default ``jnp.tanh``, also
+    for ``None``), ``dtype``, and ``kernel_initializer``, ``bias_initializer``: JAX initializers
+    ``(key, shape, dtype) -> array`` (default Glorot-uniform and zeros; they stand in for a TF1
+    variable scope's initializer). TF1's ``state_is_tuple`` must be ``True`` (its default);
+    ``reuse`` and ``name`` are accepted and have no effect. An unknown keyword is a
+    ``TypeError`` naming the closest argument.
 
     **Weights:** ``kernel [input_size + u, 4u]``, ``bias [4u]`` (zeros); TF1:
     ``basic_lstm_cell/kernel``, ``basic_lstm_cell/bias``.
@@ -167,16 +186,30 @@ class BasicLSTMCell(Cell):
         *,
         key,
         forget_bias: float = 1.0,
+        state_is_tuple: bool = True,
         activation=jnp.tanh,
         dtype=jnp.float32,
+        kernel_initializer=None,
+        bias_initializer=None,
+        reuse=None,
+        name=None,
+        **kwargs,
     ):
+        check_kwargs("BasicLSTMCell", kwargs, BasicLSTMCell.__init__, KERNEL_INITIALIZER_NOTES)
+        check_state_is_tuple(state_is_tuple, "BasicLSTMCell")
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")
-        self.forget_bias = float(forget_bias)
+        self.forget_bias = _forget_bias(forget_bias)
         self.activation = check_activation(activation)
-        self.kernel = glorot_uniform(check_key(key), (n + u, 4 * u), dtype)
-        self.bias = jnp.zeros((4 * u,), dtype)
+        key = check_key(key)
+        k_init = check_initializer(kernel_initializer, "kernel_initializer")
+        b_init = check_initializer(bias_initializer, "bias_initializer")
+        self.kernel = init_weight(
+            k_init, glorot_uniform, key, (n + u, 4 * u), dtype, "kernel_initializer"
+        )
+        bias_key = jax.random.fold_in(key, 1)
+        self.bias = init_weight(b_init, zeros_init, bias_key, (4 * u,), dtype, "bias_initializer")
 
     @property
     def state_size(self) -> LSTMStateTuple:
@@ -199,6 +232,16 @@ class LSTMCell(Cell):
       (the ``w_*_diag`` terms only with ``use_peepholes``), then clipped to ``±cell_clip``;
     - ``m' = sigmoid(o + w_o_diag * c') * act(c')``, then ``m' @ projection_kernel`` when
       ``num_proj`` is set, clipped to ``±proj_clip``.
+
+    **Arguments** (TF1's, in TF1's order after ``input_size`` and ``key``): ``use_peepholes``;
+    ``cell_clip`` (``None`` or ``>= 0``; ``0.0`` clips ``c`` to zero, so every output is zero, as
+    in TF1); ``initializer``, a JAX initializer ``(key, shape, dtype) -> array`` for the kernel,
+    the peepholes and the projection (default Glorot-uniform; the bias is zeros, as in TF1);
+    ``num_proj``; ``proj_clip`` (``None`` or ``>= 0``; ignored without ``num_proj``, as in TF1,
+    and then stored as ``None``); ``num_unit_shards``, ``num_proj_shards`` (``None`` or 1: the
+    weights are never sharded); ``forget_bias`` (NaN refused); ``state_is_tuple`` (must be
+    ``True``); ``activation`` (default ``jnp.tanh``, also for ``None``); ``reuse`` and ``name``
+    (no effect); ``dtype``. An unknown keyword is a ``TypeError`` naming the closest argument.
 
     **Weights:** ``kernel [input_size + p, 4u]`` where ``p = num_proj or u``, ``bias [4u]``;
     with peepholes ``w_f_diag``, ``w_i_diag``, ``w_o_diag`` ``[u]``; with ``num_proj``
@@ -244,39 +287,57 @@ class LSTMCell(Cell):
         key,
         use_peepholes: bool = False,
         cell_clip: float | None = None,
+        initializer=None,
         num_proj: int | None = None,
         proj_clip: float | None = None,
+        num_unit_shards: int | None = None,
+        num_proj_shards: int | None = None,
         forget_bias: float = 1.0,
+        state_is_tuple: bool = True,
         activation=jnp.tanh,
+        reuse=None,
+        name=None,
         dtype=jnp.float32,
+        **kwargs,
     ):
+        check_kwargs("LSTMCell", kwargs, LSTMCell.__init__, LSTM_INITIALIZER_NOTES)
+        check_state_is_tuple(state_is_tuple, "LSTMCell")
+        for arg, shards in (
+            ("num_unit_shards", num_unit_shards),
+            ("num_proj_shards", num_proj_shards),
+        ):
+            if shards not in (None, 1):
+                raise ValueError(
+                    f"{arg} must be None or 1; got {shards!r}. recurrax keeps each weight as one "
+                    "array (the math is the same); to load a sharded TF1 checkpoint, join its "
+                    "part_<k> variables with np.concatenate first."
+                )
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")
-        for name, clip in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
-            if clip is not None and not float(clip) > 0:
-                raise ValueError(f"{name} must be a positive number or None; got {clip}.")
-        if proj_clip is not None and num_proj is None:
-            raise ValueError("proj_clip needs num_proj: there is no projection to clip.")
         self.num_proj = None if num_proj is None else check_positive_int(num_proj, "num_proj")
         self.use_peepholes = bool(use_peepholes)
-        self.cell_clip = None if cell_clip is None else float(cell_clip)
-        self.proj_clip = None if proj_clip is None else float(proj_clip)
-        self.forget_bias = float(forget_bias)
+        self.cell_clip = _clip_limit(cell_clip, "cell_clip")
+        proj_clip = _clip_limit(proj_clip, "proj_clip")
+        self.proj_clip = None if self.num_proj is None else proj_clip  # TF1 ignores it then
+        self.forget_bias = _forget_bias(forget_bias)
         self.activation = check_activation(activation)
+        init = check_initializer(initializer, "initializer")
         p = self.num_proj or u
         kkey, fkey, ikey, okey, pkey = jax.random.split(check_key(key), 5)
-        self.kernel = glorot_uniform(kkey, (n + p, 4 * u), dtype)
+
+        def weight(key, shape):
+            return init_weight(init, glorot_uniform, key, shape, dtype, "initializer")
+
+        self.kernel = weight(kkey, (n + p, 4 * u))
         self.bias = jnp.zeros((4 * u,), dtype)
         if self.use_peepholes:
-            self.w_f_diag = glorot_uniform(fkey, (u,), dtype)
-            self.w_i_diag = glorot_uniform(ikey, (u,), dtype)
-            self.w_o_diag = glorot_uniform(okey, (u,), dtype)
+            self.w_f_diag = weight(fkey, (u,))
+            self.w_i_diag = weight(ikey, (u,))
+            self.w_o_diag = weight(okey, (u,))
         else:
             self.w_f_diag = self.w_i_diag = self.w_o_diag = None
-        self.projection_kernel = (
-            glorot_uniform(pkey, (u, self.num_proj), dtype) if self.num_proj else None
-        )
+        self.projection_kernel = weight(pkey, (u, self.num_proj)) if self.num_proj else None
 
     @property
     def state_size(self) -> LSTMStateTuple:

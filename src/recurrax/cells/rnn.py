@@ -10,14 +10,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .base import (
-    Cell,
+from .base import Cell
+from .checks import (
+    KERNEL_INITIALIZER_NOTES,
+    ONE_ARRAY_STATE_NOTES,
     check_activation,
     check_float_dtype,
     check_key,
+    check_kwargs,
     check_positive_int,
-    glorot_uniform,
 )
+from .initializers import check_initializer, glorot_uniform, init_weight, zeros_init
 from .recurrence import input_rows, is_zero, pre_activation, previous, times, with_slope
 
 __all__ = ["BasicRNNCell", "RNNRecurrence"]
@@ -63,9 +66,17 @@ class BasicRNNCell(Cell):
 
     - ``num_units``: ``u``, the size of the state and of the output.
     - ``input_size``: the feature size of one step's inputs.
-    - ``key``: a PRNG key (keyword-only) for the Glorot-uniform kernel.
-    - ``activation``: default ``jnp.tanh``.
+    - ``key``: a PRNG key (keyword-only) for the initial weights.
+    - ``activation``: default ``jnp.tanh`` (also for ``None``, as in TF1).
     - ``dtype``: the weights' dtype (default float32).
+    - ``kernel_initializer``, ``bias_initializer``: JAX initializers ``(key, shape, dtype) ->
+      array`` for the kernel (default Glorot-uniform, TF1's) and the bias (default zeros), e.g.
+      :func:`~recurrax.random_uniform_initializer`. They stand in for the
+      initializer of a TF1 variable scope.
+    - ``reuse``, ``name``: TF1's arguments, accepted for ported code; they have no effect (the
+      cell object is its weights; TF1 names come from ``tf1_scope``).
+
+    An unknown keyword is a ``TypeError`` naming the closest argument.
 
     **Weights:** ``kernel [input_size + u, u]``, ``bias [u]`` (zeros); TF1 names them
     ``basic_rnn_cell/kernel`` and ``basic_rnn_cell/bias``.
@@ -85,14 +96,38 @@ class BasicRNNCell(Cell):
     tf1_scope: ClassVar[str] = "basic_rnn_cell"
     tf1_variables: ClassVar = (("kernel", "kernel"), ("bias", "bias"))
 
-    def __init__(self, num_units, input_size, *, key, activation=jnp.tanh, dtype=jnp.float32):
-        self.num_units = check_positive_int(num_units, "num_units")
-        self.input_size = check_positive_int(input_size, "input_size")
+    def __init__(
+        self,
+        num_units,
+        input_size,
+        *,
+        key,
+        activation=jnp.tanh,
+        dtype=jnp.float32,
+        kernel_initializer=None,
+        bias_initializer=None,
+        reuse=None,
+        name=None,
+        **kwargs,
+    ):
+        check_kwargs(
+            "BasicRNNCell",
+            kwargs,
+            BasicRNNCell.__init__,
+            {**KERNEL_INITIALIZER_NOTES, **ONE_ARRAY_STATE_NOTES},
+        )
+        self.num_units = u = check_positive_int(num_units, "num_units")
+        self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")
         key = check_key(key)
         self.activation = check_activation(activation)
-        self.kernel = glorot_uniform(key, (self.input_size + self.num_units, self.num_units), dtype)
-        self.bias = jnp.zeros((self.num_units,), dtype)
+        k_init = check_initializer(kernel_initializer, "kernel_initializer")
+        b_init = check_initializer(bias_initializer, "bias_initializer")
+        self.kernel = init_weight(
+            k_init, glorot_uniform, key, (n + u, u), dtype, "kernel_initializer"
+        )
+        bias_key = jax.random.fold_in(key, 1)
+        self.bias = init_weight(b_init, zeros_init, bias_key, (u,), dtype, "bias_initializer")
 
     @property
     def state_size(self) -> int:

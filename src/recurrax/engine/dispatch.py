@@ -11,6 +11,10 @@ engine, chosen here per cell (:func:`choose_path`); cells never know which one r
   recurrence, forward and backward (``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell``; float32 or
   bfloat16); on a CPU it runs through Pallas's interpreter (slow: for checking).
 
+Every path clears the inputs at steps past each row's length before the cell reads them (the
+generic loop in ``lengths.masked_step``, the fused path before its projection, the Pallas path
+here), and a run over ``T = 0`` steps runs none: zero-length outputs and the initial state.
+
 ``implementation="auto"`` takes the fused path where it applies, else the generic one. It does
 not take the Pallas path yet: see ``benchmarks/RESULTS.md``, "The Pallas kernel on a GPU", for
 the measurements that decide where it will.
@@ -18,11 +22,14 @@ the measurements that decide where it will.
 
 from __future__ import annotations
 
-from ..lengths import masked_step
-from .fused import fused_layers, supports_fused
+import jax
+
+from ..lengths import masked_step, zero_padding
+from .fused import fused_blocker, fused_layers, supports_fused
 from .loop import loop, trip_count
 from .options import RunOptions
 from .pallas import pallas_layers, unsupported
+from .timeaxis import time_buffer
 
 __all__ = ["choose_path", "run_cell"]
 
@@ -44,9 +51,10 @@ def choose_path(cell, dtype, options: RunOptions) -> str:
     if asked == "auto":
         return _fallback(cell, options)
     if asked == "fused":
-        if not supports_fused(cell):
+        blocker = fused_blocker(cell)
+        if blocker is not None:
             raise ValueError(
-                f"implementation='fused' needs {_FUSED_CELLS}; got {type(cell).__name__}. "
+                f"implementation='fused' needs {_FUSED_CELLS}; got {blocker}. "
                 "implementation='generic' runs it ('auto' picks the path)."
             )
         if not options.stores_all:
@@ -68,13 +76,19 @@ def choose_path(cell, dtype, options: RunOptions) -> str:
 def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
     """``(outputs, final_state)`` of ``cell`` over ``xs`` from ``state`` (all checked).
 
-    ``xs`` is ``[B, T, I]`` (``[T, B, I]`` with ``options.time_major``) of dtype ``dtype``;
-    ``sequence_length`` ``None`` or int32 ``[B]`` (maybe traced).
+    ``xs`` is ``[B, T, I]`` (``[T, B, I]`` with ``options.time_major``) of dtype ``dtype``
+    (integer ids for a cell that takes them); ``sequence_length`` ``None`` or int32 ``[B]``
+    (maybe traced). Every path clears the inputs past each row's length before the cell reads
+    them (padding may hold NaN). ``T = 0`` runs no step: zero-length outputs, the initial state.
     """
     path = choose_path(cell, dtype, options)
-    if path == "pallas":
-        return pallas_layers(cell, xs, state, dtype, sequence_length, options)
     time = xs.shape[options.axis]
+    if time == 0:
+        return _no_steps(cell, xs, state, dtype, options), state
+    if path == "pallas":
+        batch_axis = 1 - options.axis
+        xs = zero_padding(xs, sequence_length, options.axis, batch_axis)
+        return pallas_layers(cell, xs, state, dtype, sequence_length, options)
     n = trip_count(sequence_length, time)
     unroll = options.unroll_for(path)
     if path == "fused":
@@ -86,3 +100,10 @@ def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
 
     final_state, outputs = loop(step, state, xs, n, options, unroll)
     return outputs, final_state
+
+
+def _no_steps(cell, xs, state, dtype, options: RunOptions):
+    """The outputs of a run over zero steps: zeros with a time axis of length 0."""
+    x0 = jax.ShapeDtypeStruct(xs.shape[: options.axis] + xs.shape[options.axis + 1 :], xs.dtype)
+    out = jax.eval_shape(lambda x, s: masked_step(cell, x, s, 0, None, dtype)[0], x0, state)
+    return time_buffer(out, 0, axis=options.axis)

@@ -19,14 +19,16 @@ the whole kernel, and reverse-mode autodiff of the loop adds every step's weight
 
 Forward-mode autodiff (``jax.jvp``) and ``jax.vmap`` work too. ``sequence_length`` follows TF1's
 contract exactly as the generic path does (outputs zero past a row's length, state copied
-through), and the loops stop at ``max(sequence_length)``. With concrete lengths every loop runs
-that many steps. With traced ones (under ``jax.jit``) that number is unknown when XLA sizes its
-buffers, so the layer runs in chunks of ``options.exit_chunk`` steps (:func:`_chunked`; a sequence
-of at most one chunk runs all its steps, masked, as with concrete lengths): forward,
-chunk after chunk until the longest row ends, keeping the state at each chunk's start; backward,
-chunk after chunk in reverse, recomputing one chunk's forward pass and differentiating it as
-above. Work and scratch memory follow the longest row (rounded up to a chunk), not the padded
-``T``, for one extra forward pass; forward-mode autodiff then is not available (reverse mode is).
+through; the inputs past a row's length set to zero before the projection reads them, so that
+NaN in the padding reaches no gradient), and the loops stop at ``max(sequence_length)``. With
+concrete lengths every loop runs that many steps. With traced ones (under ``jax.jit``) that
+number is unknown when XLA sizes its buffers, so the layer runs in chunks of
+``options.exit_chunk`` steps (:func:`_chunked`; a sequence of at most one chunk runs all its
+steps, masked, as with concrete lengths): forward, chunk after chunk until the longest row
+ends, keeping the state at each chunk's start; backward, chunk after chunk in reverse,
+recomputing one chunk's forward pass and differentiating it as above. Work and scratch memory
+follow the longest row (rounded up to a chunk), not the padded ``T``, for one extra forward
+pass; forward-mode autodiff then is not available (reverse mode is).
 
 Each layer of a ``MultiRNNCell`` runs over the whole sequence before the next: the outputs and
 final states are those of the step-by-step stack, since a row's steps past its length change
@@ -45,13 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..cells.base import Cell, is_traced
+from ..cells.base import Cell
+from ..cells.checks import is_traced
 from ..cells.wrappers import MultiRNNCell
 from ..lengths import mask_output, select_state
 from .options import RunOptions, projects_first, runs_in_chunks
 from .timeaxis import pad_time, time_buffer, time_first
 
-__all__ = ["recurrence_of", "supports_fused", "fused_layers"]
+__all__ = ["recurrence_of", "fused_blocker", "supports_fused", "fused_layers"]
 
 tree_map = jax.tree_util.tree_map
 
@@ -66,12 +69,24 @@ def recurrence_of(cell):
     return None
 
 
+def fused_blocker(cell) -> str | None:
+    """``None`` when ``cell`` has a fused path, else what blocks it, for an error message:
+    the cell's type (``"DropoutWrapper"``), or for a ``MultiRNNCell`` the first layer that
+    blocks it (``"MultiRNNCell: layer 1 of the MultiRNNCell is a DropoutWrapper"``)."""
+    if type(cell) is MultiRNNCell:
+        for k, layer in enumerate(cell.cells):
+            blocker = fused_blocker(layer)
+            if blocker is not None:
+                article = "an" if blocker[0] in "AEIOU" else "a"
+                return f"MultiRNNCell: layer {k} of the MultiRNNCell is {article} {blocker}"
+        return None
+    return None if recurrence_of(cell) is not None else type(cell).__name__
+
+
 def supports_fused(cell) -> bool:
     """Whether ``cell`` has a fused path (:func:`recurrence_of`), or is a ``MultiRNNCell`` of
     such cells. Wrappers and user-written cells do not."""
-    if type(cell) is MultiRNNCell:
-        return all(supports_fused(c) for c in cell.cells)
-    return recurrence_of(cell) is not None
+    return fused_blocker(cell) is None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +98,7 @@ class _Layer:
     masked: bool  # sequence_length given (and not all equal to the trip count)
     unroll: int
     project_first: bool  # XW = X @ W_x for all steps before the loop, else inside each step
+    clear: bool = True  # set the inputs past each row's length to zero before reading them
 
 
 def _cast(tree, dtype):
@@ -113,7 +129,8 @@ def _forward(layer: _Layer, in_p, rec, xs, state, lengths, save: bool):
     fold = None
     if layer.project_first:
         with jax.named_scope("input_projection"):
-            xs = (xs.reshape(time * batch, -1) @ w_x + b).reshape(time, batch, -1)  # (T, B, G)
+            flat = xs.reshape(time * batch, xs.shape[-1])  # explicit sizes: B may be 0
+            xs = (flat @ w_x + b).reshape(time, batch, b.shape[0])  # (T, B, G)
     else:
         fold = layer.recurrence.fold(w_x, b, rec)
     valid = _valid(layer, lengths, time)
@@ -123,6 +140,15 @@ def _forward(layer: _Layer, in_p, rec, xs, state, lengths, save: bool):
         return _step(layer, rec, x_t, s, valid_t, save, fold)
 
     return lax.scan(body, state, (xs, valid), unroll=layer.unroll)
+
+
+def _clear_padding(xs, lengths):
+    """Time-major ``xs [T, B, I]`` with every step at or past its row's length set to zero,
+    before anything reads it: padding may hold NaN, which would reach the weight gradients
+    (``X^T dZ``) through ``0 * NaN`` even where ``dZ`` is zero."""
+    time = xs.shape[0]
+    valid = jnp.arange(time, dtype=jnp.int32)[:, None] < lengths[None, :]  # (T, B)
+    return jnp.where(valid[:, :, None], xs, jnp.zeros((), xs.dtype))
 
 
 def _valid(layer: _Layer, lengths, time: int):
@@ -169,20 +195,20 @@ def _fused_layer_jvp(layer: _Layer, primals, tangents):
     # Tangents entering the recurrence from outside it, for all steps at once (large matmuls;
     # transposed, they are the weight and input gradients after the backward loop).
     dz, extra = layer.recurrence.weight_dot(rec_dot, state, ys, coef, saved)
-    flat_x = xs.reshape(time * batch, -1)
+    flat_x = xs.reshape(time * batch, xs.shape[-1])
     (w_x, b), (w_x_dot, b_dot) = in_p, in_dot
     terms = [dz] if dz is not None else []
     if not _zero(w_x_dot):
         terms.append(flat_x @ w_x_dot)
     if not _zero(xs_dot):
-        terms.append(xs_dot.reshape(time * batch, -1) @ w_x)
+        terms.append(xs_dot.reshape(time * batch, xs.shape[-1]) @ w_x)
     if not _zero(b_dot):
         terms.append(jnp.broadcast_to(b_dot, (time * batch, b.shape[0])))
     if terms:
-        dz = sum(terms[1:], terms[0]).reshape(time, batch, -1)
+        dz = sum(terms[1:], terms[0]).reshape(time, batch, b.shape[0])
     else:
         dz = jnp.zeros((time, batch, b.shape[0]), jnp.result_type(xs, w_x))
-    extra = None if extra is None else extra.reshape(time, batch, -1)
+    extra = None if extra is None else extra.reshape(time, batch, extra.shape[-1])
     state_dot = tree_map(
         lambda t, p: jnp.zeros_like(p) if _zero(t) else t,
         state_dot,
@@ -209,10 +235,17 @@ def _chunk_out(buf, a, k, chunk: int, axis: int):
     return lax.dynamic_update_slice_in_dim(buf, time_first(a, axis), k * chunk, axis)
 
 
+def _inputs_in(layer: _Layer, xs, k, chunk: int, axis: int, lengths):
+    """The inputs of chunk ``k``, time-major (the steps past each row's length cleared when
+    ``layer.clear``), and the lengths within the chunk."""
+    x_k, lengths_k = _chunk_in(xs, k, chunk, axis), lengths - k * chunk
+    return (_clear_padding(x_k, lengths_k) if layer.clear else x_k), lengths_k
+
+
 def _chunk(layer: _Layer, chunk: int, axis: int, in_p, rec, xs, state, lengths, k):
     """Chunk ``k`` of the layer from ``state``: time-major ``(ys_k, final_state)``."""
-    x_k = _chunk_in(xs, k, chunk, axis)
-    return _fused_layer(layer, in_p, rec, x_k, state, lengths - k * chunk)
+    x_k, lengths_k = _inputs_in(layer, xs, k, chunk, axis, lengths)
+    return _fused_layer(layer, in_p, rec, x_k, state, lengths_k)
 
 
 def _chunk_count(n, chunk: int):
@@ -283,8 +316,7 @@ def _chunked_bwd(layer: _Layer, chunk: int, axis: int, res, cts):
         k = count - 1 - i
         ct_s, g_in, g_rec, ct_xs = c
         s_k = tree_map(lambda buf: buf[k], starts)
-        x_k = _chunk_in(xs, k, chunk, axis)
-        lengths_k = lengths - k * chunk
+        x_k, lengths_k = _inputs_in(layer, xs, k, chunk, axis, lengths)
         if _zero(ct_ys):
             shape = jax.eval_shape(lambda: _fused_layer(layer, in_p, rec, x_k, s_k, lengths_k)[0])
             ct_y = jnp.zeros(shape.shape, shape.dtype)
@@ -312,9 +344,11 @@ def _chunked_bwd(layer: _Layer, chunk: int, axis: int, res, cts):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 
-def _run_layer(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: int):
+def _run_layer(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: int, clear):
     """One supported cell over ``xs`` (time along ``options.axis``); ``n`` an int or a traced
-    trip count. Returns ``(ys, final_state)``, ``ys`` in the layout of ``xs``."""
+    trip count. Returns ``(ys, final_state)``, ``ys`` in the layout of ``xs``. ``clear``: the
+    steps of ``xs`` past each row's length may hold anything (the caller's inputs, not the
+    outputs of a layer below, which are zeros there) and are cleared before they are read."""
     axis = options.axis
     time = xs.shape[axis]
     recurrence = recurrence_of(cell)
@@ -322,7 +356,7 @@ def _run_layer(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: 
     first = projects_first(options, in_p[0], recurrence.gates)
     if runs_in_chunks(time, n, options.exit_chunk):
         chunk = options.exit_chunk
-        layer = _Layer(recurrence, jnp.dtype(dtype), True, unroll, first)
+        layer = _Layer(recurrence, jnp.dtype(dtype), True, unroll, first, clear)
         if time % chunk:  # whole chunks only: pad with steps that every row's length masks
             xs = pad_time(xs, chunk - time % chunk, axis)
         ys, final = _chunked(layer, chunk, axis, in_p, rec, xs, state, lengths, n)
@@ -334,14 +368,18 @@ def _run_layer(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: 
         out = jax.eval_shape(lambda: recurrence.step(rec, x0 @ in_p[0], state, None)[0])
         return time_buffer(jax.ShapeDtypeStruct(out.shape, dtype), time, axis=axis), state
     uniform = lengths is None or (not is_traced(lengths) and int(np.min(np.asarray(lengths))) == n)
-    layer = _Layer(recurrence, jnp.dtype(dtype), not uniform, unroll, first)
+    layer = _Layer(recurrence, jnp.dtype(dtype), not uniform, unroll, first, clear)
     # Only the first n steps are laid out time-major, run and laid back.
     head = time_first(lax.slice_in_dim(xs, 0, n, axis=axis), axis)
+    if layer.masked and layer.clear:
+        head = _clear_padding(head, lengths)
     ys, final = _fused_layer(layer, in_p, rec, head, state, None if uniform else lengths)
     return pad_time(time_first(ys, axis), time - n, axis), final
 
 
-def fused_layers(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: int):
+def fused_layers(
+    cell, xs, state, dtype, lengths, n, options: RunOptions, unroll: int, clear: bool = True
+):
     """``dynamic_rnn``'s loop on the fused path, for a cell where :func:`supports_fused`.
 
     **Arguments:**
@@ -354,14 +392,18 @@ def fused_layers(cell, xs, state, dtype, lengths, n, options: RunOptions, unroll
     - ``lengths``: ``None`` or validated int32 ``[B]`` lengths (maybe traced); ``n`` their trip
       count (``loop.trip_count``).
     - ``options``, ``unroll``: the call's resolved options and steps per loop iteration.
+    - ``clear``: whether the steps of ``xs`` past each row's length may hold anything (NaN
+      included) and must be set to zero before they are read: true of the caller's inputs;
+      a layer above the first reads the zeros its layer below wrote there.
 
     **Returns:** ``(outputs, final_state)``, as the generic path.
     """
     if type(cell) is not MultiRNNCell:
-        return _run_layer(cell, xs, state, dtype, lengths, n, options, unroll)
+        return _run_layer(cell, xs, state, dtype, lengths, n, options, unroll, clear)
     finals = []
     for k, (layer, s) in enumerate(zip(cell.cells, state)):
         with jax.named_scope(f"cell_{k}"):
-            xs, s = fused_layers(layer, xs, s, dtype, lengths, n, options, unroll)
+            first = clear and k == 0
+            xs, s = fused_layers(layer, xs, s, dtype, lengths, n, options, unroll, first)
         finals.append(s)
     return xs, tuple(finals)

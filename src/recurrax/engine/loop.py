@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
-from ..cells.base import is_traced
+from ..cells.checks import is_traced
 from .options import RunOptions, resolve_options, runs_in_chunks
 from .planner import plan_loop
 from .residuals import shapes_of

@@ -26,7 +26,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from ..cells.base import check_positive_int
+from ..cells.checks import check_positive_int
 from .planner import check_budget
 from .strategies import StoreAll, Strategy, resolve_memory
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from ..cells.base import check_positive_int
+from ..cells.checks import check_positive_int
 from .residuals import StepResiduals, nbytes, shapes_of
 from .strategies import CheckpointEvery, Revolve, StoreAll, Strategy
 from .timeaxis import at_time, merge

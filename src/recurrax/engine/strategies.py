@@ -36,7 +36,7 @@ import dataclasses
 import jax.numpy as jnp
 from jax import lax
 
-from ..cells.base import check_positive_int
+from ..cells.checks import check_positive_int
 from .residuals import StepResiduals, shapes_of
 from .revolve import revolve_split, revolve_tables
 from .timeaxis import Loop, at_time, fori, set_time, time_buffer, to_device

@@ -1,7 +1,7 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-A checkpoint is one file, ``<directory>/checkpoint.rcx``, in the format of
-``io/weights.py`` (checksummed, written atomically), holding
+A checkpoint is one file, ``<directory>/checkpoint.rcx``: a safetensors file in the layout of
+``io/tensorfile.py`` (checksummed, written atomically; ``kind`` ``"checkpoint"``), holding
 
 - the model's arrays (under ``model``) and the optimizer state's (under ``opt_state``);
 - the optimizer step, the PRNG key the run derives its per-step keys from, and the data-order
@@ -10,6 +10,12 @@ A checkpoint is one file, ``<directory>/checkpoint.rcx``, in the format of
 
 Resuming from it and training on gives parameters bit-identical to a run that never stopped,
 because every random choice of the run is a function of ``(seed, step)``.
+
+Loading checks more than the checksums: a file whose checksums hold but whose contents do not
+make a checkpoint (a field of the metadata missing or of the wrong type, a step out of range,
+no PRNG key, weights that are NaN or infinite) is refused with a ``ValueError`` naming the field
+or array. Temporary files an interrupted write left in the directory are never read as the
+checkpoint, and the next save removes them.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
-from .weights import fill_like, read_arrays, tree_arrays, write_arrays
+from .tensorfile import read_arrays, write_arrays
+from .weights import fill_like, remove_leftovers, tree_arrays
 
 __all__ = [
     "Checkpoint",
@@ -30,6 +38,7 @@ __all__ = [
 ]
 
 FILENAME = "checkpoint.rcx"
+MAX_STEP = 2**31 - 1  # steps are counted in int32 by the training step
 
 
 class Checkpoint(NamedTuple):
@@ -82,18 +91,20 @@ def save_checkpoint(
     **Arguments:**
 
     - ``directory``: created if missing. A previous checkpoint there is replaced only once the
-      new one is completely written (temporary file, then ``os.replace``).
+      new one is completely written (temporary file, then ``os.replace``); temporary files an
+      interrupted earlier save left there are removed first.
     - ``model``, ``opt_state``: any pytrees (an ``eqx.Module``, an optax state).
-    - ``step``: the number of optimizer steps taken (an int >= 0).
+    - ``step``: the number of optimizer steps taken (an int from 0 to ``2**31 - 1``).
     - ``key``: the run's PRNG key (``jax.random.key(seed)``).
     - ``data_state``: a dict of ints fixing the data order.
     - ``config``: the run's JSON-serialisable settings, compared on resume.
     - ``history``: optional JSON-serialisable metrics so far.
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an int >= 0; got {step!r}.")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"step must be an int >= 0 and <= {MAX_STEP}; got {step!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(checkpoint_path(directory))
     arrays = {
         **{f"model{k}": v for k, v in tree_arrays(model).items()},
         **{f"opt_state{k}": v for k, v in tree_arrays(opt_state).items()},
@@ -117,6 +128,62 @@ def _config_diff(saved: dict, current: dict) -> list[str]:
     ]
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_meta(meta, source: str) -> None:
+    """``ValueError`` naming the first field of a checkpoint's metadata that is missing or
+    wrong."""
+
+    def bad(field: str, what: str):
+        return ValueError(
+            f"{source} is not a valid checkpoint: {field} {what}. The file's checksums hold, so "
+            "it was written this way; use a checkpoint written by recurrax.save_checkpoint."
+        )
+
+    if not isinstance(meta, dict):
+        raise bad("its metadata", f"is a {type(meta).__name__}, not a JSON object")
+    for field, kind in (("step", "an int"), ("data_state", "a dict"), ("config", "a dict")):
+        if field not in meta:
+            raise bad(f"field {field!r}", f"is missing (it must be {kind})")
+    step = meta["step"]
+    if not _is_int(step):
+        raise bad("field 'step'", f"must be an int; it is {step!r}")
+    if not 0 <= step <= MAX_STEP:
+        raise bad("field 'step'", f"must be from 0 to {MAX_STEP}; it is {step}")
+    data_state = meta["data_state"]
+    if not isinstance(data_state, dict):
+        raise bad("field 'data_state'", f"must be a dict; it is {data_state!r}")
+    for k, v in data_state.items():
+        if not _is_int(v):
+            raise bad(f"field 'data_state.{k}'", f"must be an int; it is {v!r}")
+    if not isinstance(meta["config"], dict):
+        raise bad("field 'config'", f"must be a dict; it is {meta['config']!r}")
+    history = meta.get("history", {})
+    if not isinstance(history, dict):
+        raise bad("field 'history'", f"must be a dict; it is {history!r}")
+    for k, values in history.items():
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            raise bad(f"field 'history.{k}'", "must be a list of numbers")
+
+
+def _check_finite(arrays: dict, source: str) -> None:
+    for name, x in arrays.items():
+        if name == "key":
+            continue
+        x = np.asarray(x)
+        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
+            raise ValueError(
+                f"{source} is not a valid checkpoint: array {name!r} holds NaN or infinite "
+                "values; resume from a checkpoint saved before the run diverged."
+            )
+
+
 def load_checkpoint(directory, *, model, opt_state, config: dict | None = None) -> Checkpoint:
     """Read and validate ``<directory>/checkpoint.rcx``.
 
@@ -131,10 +198,15 @@ def load_checkpoint(directory, *, model, opt_state, config: dict | None = None) 
     **Returns:** a :class:`Checkpoint`.
 
     Raises ``FileNotFoundError`` if there is no checkpoint, and ``ValueError`` if it is truncated,
-    corrupted, or written for another configuration or model structure. Nothing is written.
+    corrupted, written for another configuration or model structure, or not a valid checkpoint
+    although its checksums hold (a metadata field missing or of the wrong type, a step below 0
+    or above ``2**31 - 1``, no PRNG key, NaN or infinite weights): the message names the field
+    or array. Nothing is written.
     """
     path = find_checkpoint(directory)
+    source = str(path)
     arrays, meta = read_arrays(path, kind="checkpoint")
+    _check_meta(meta, source)
     if config is not None:
         diff = _config_diff(meta["config"], dict(config))
         if diff:
@@ -143,7 +215,6 @@ def load_checkpoint(directory, *, model, opt_state, config: dict | None = None) 
                 + "; ".join(diff)
                 + ". Resume with the same settings, or save to another directory."
             )
-    source = str(path)
     parts = {"model": {}, "opt_state": {}}
     for name, value in arrays.items():
         prefix = next((p for p in parts if name.startswith(p)), None)
@@ -151,11 +222,18 @@ def load_checkpoint(directory, *, model, opt_state, config: dict | None = None) 
             parts[prefix][name[len(prefix) :]] = value
     if "key" not in arrays:
         raise ValueError(f"{source} holds no PRNG key: it is not a complete checkpoint.")
+    key = arrays["key"]
+    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        raise ValueError(
+            f"{source} is not a valid checkpoint: array 'key' is not a typed PRNG key (as "
+            "jax.random.key makes)."
+        )
+    _check_finite(arrays, source)
     return Checkpoint(
         model=fill_like(parts["model"], model, source=source, what="model"),
         opt_state=fill_like(parts["opt_state"], opt_state, source=source, what="optimizer state"),
-        step=int(meta["step"]),
-        key=arrays["key"],
+        step=meta["step"],
+        key=key,
         data_state=meta["data_state"],
         config=meta["config"],
         history=meta.get("history", {}),

@@ -9,12 +9,21 @@ TF1 names a cell's variables by the variable scopes it creates when it is first 
     rnn/gru_cell/candidate/kernel, .../bias        [in + u, u], [u]
     rnn/basic_lstm_cell/kernel, .../bias           [in + u, 4u], [4u]
     rnn/lstm_cell/kernel, bias, w_f_diag, w_i_diag, w_o_diag, projection/kernel
+    rnn/layer_norm_basic_lstm_cell/kernel, input/gamma, input/beta, ... state/beta
     rnn/multi_rnn_cell/cell_<k>/<the layer's names>
+    rnn/output_projection_wrapper/<the cell's names>, .../kernel, .../bias
+    rnn/input_projection_wrapper/kernel, .../bias, .../<the cell's names>
+    rnn/embedding_wrapper/embedding, .../<the cell's names>
     bidirectional_rnn/fw/<names>, bidirectional_rnn/bw/<names>
 
 ``DropoutWrapper`` and ``ResidualWrapper`` add no scope of their own (as in TF1). The arrays have
-the same shapes and gate orders in recurrax, so they are copied as they are. Each built-in cell
-class declares its own scope and names (``tf1_scope``, ``tf1_variables``; ``cells/``).
+the same shapes and gate orders in recurrax, so they are copied as they are.
+
+Every other cell class declares its names itself (``cells/``): ``tf1_scope``, the variable scope
+it opens, and ``tf1_variables``, pairs ``(name, attribute)`` in TF1's creation order. An
+attribute holding an array is the variable ``<scope>/<name>``; one holding ``None`` is absent;
+one holding a cell (a wrapper's wrapped cell) puts that cell's variables under ``<scope>/<name>``
+(``name`` empty: directly under the scope).
 """
 
 from __future__ import annotations
@@ -26,37 +35,53 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from ..cells.base import Cell
 from ..cells.wrappers import DropoutWrapper, MultiRNNCell, ResidualWrapper
 
-__all__ = ["tf1_variable_names", "tf1_weights", "load_tf1_weights"]
+__all__ = [
+    "tf1_variable_names",
+    "tf1_weights",
+    "load_tf1_weights",
+    "variable_entries",
+    "default_scope",
+]
 
 
-def _entries(cell, prefix: str, where: tuple) -> list[tuple[str, tuple]]:
+def variable_entries(cell, prefix: str, where: tuple) -> list[tuple[str, tuple]]:
     """``[(TF1 name, attribute path from the root)]`` for every weight of ``cell``."""
     if isinstance(cell, tuple) and len(cell) == 2 and not hasattr(cell, "state_size"):
-        return _entries(cell[0], f"{prefix}/fw", (*where, 0)) + _entries(
+        return variable_entries(cell[0], f"{prefix}/fw", (*where, 0)) + variable_entries(
             cell[1], f"{prefix}/bw", (*where, 1)
         )
     if isinstance(cell, MultiRNNCell):
         out = []
         for k, layer in enumerate(cell.cells):
-            out += _entries(layer, f"{prefix}/multi_rnn_cell/cell_{k}", (*where, "cells", k))
+            out += variable_entries(
+                layer, f"{prefix}/multi_rnn_cell/cell_{k}", (*where, "cells", k)
+            )
         return out
     if isinstance(cell, (DropoutWrapper, ResidualWrapper)):
-        return _entries(cell.cell, prefix, (*where, "cell"))
-    if not isinstance(cell, Cell):
+        return variable_entries(cell.cell, prefix, (*where, "cell"))
+    scope = getattr(type(cell), "tf1_scope", None)
+    variables = getattr(type(cell), "tf1_variables", None)
+    if scope is None or variables is None:
         raise TypeError(
-            "cell must be built from BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell, "
-            "MultiRNNCell, DropoutWrapper and ResidualWrapper (or be a (cell_fw, cell_bw) pair) "
-            f"to have TF1 variable names; got {type(cell).__name__}. Set the weights of other "
-            "cells with eqx.tree_at."
+            "cell must be built from recurrax's TF1 cells and wrappers (BasicRNNCell, GRUCell, "
+            "BasicLSTMCell, LSTMCell, LayerNormBasicLSTMCell, MultiRNNCell, DropoutWrapper, "
+            "ResidualWrapper, the projection and embedding wrappers) or be a (cell_fw, cell_bw) "
+            f"pair to have TF1 variable names; got {type(cell).__name__}. Set the weights of "
+            "other cells with eqx.tree_at, or declare tf1_scope and tf1_variables on the class."
         )
-    return [
-        (f"{prefix}/{cell.tf1_scope}/{tf_name}", (*where, attr))
-        for tf_name, attr in cell.tf1_variables
-        if getattr(cell, attr) is not None
-    ]
+    out = []
+    for tf_name, attr in variables:
+        value = getattr(cell, attr)
+        name = "/".join(part for part in (prefix, scope, tf_name) if part)
+        if value is None:
+            continue
+        if hasattr(value, "state_size"):  # a wrapped cell: its names go under this scope
+            out += variable_entries(value, name, (*where, attr))
+        else:
+            out.append((name, (*where, attr)))
+    return out
 
 
 def _get(tree, path: tuple):
@@ -65,7 +90,9 @@ def _get(tree, path: tuple):
     return tree
 
 
-def _default_scope(cell, scope: str | None) -> str:
+def default_scope(cell, scope: str | None) -> str:
+    """``scope`` checked, or TF1's default for ``cell``: ``rnn``, or ``bidirectional_rnn`` for a
+    ``(cell_fw, cell_bw)`` pair."""
     if scope is not None:
         if not isinstance(scope, str) or not scope.strip("/"):
             raise ValueError(f"scope must be a non-empty string such as 'rnn'; got {scope!r}.")
@@ -79,8 +106,9 @@ def tf1_variable_names(cell, scope: str | None = None) -> list[str]:
 
     **Arguments:**
 
-    - ``cell``: a built-in cell, a ``MultiRNNCell``/wrapper of them, or a ``(cell_fw, cell_bw)``
-      pair for a bidirectional runner.
+    - ``cell``: a built-in cell, a ``MultiRNNCell``/wrapper of them (the projection and
+      embedding wrappers add their own scope), any cell whose class declares ``tf1_scope`` and
+      ``tf1_variables``, or a ``(cell_fw, cell_bw)`` pair for a bidirectional runner.
     - ``scope``: the TF1 variable scope the runner used; default ``"rnn"`` for one cell and
       ``"bidirectional_rnn"`` for a pair (TF1's defaults). Outer scopes may be included, e.g.
       ``"encoder/rnn"``.
@@ -88,7 +116,7 @@ def tf1_variable_names(cell, scope: str | None = None) -> list[str]:
     **Returns:** a list of names without the ``":0"`` suffix, e.g.
     ``["rnn/basic_lstm_cell/kernel", "rnn/basic_lstm_cell/bias"]``.
     """
-    return [name for name, _ in _entries(cell, _default_scope(cell, scope), ())]
+    return [name for name, _ in variable_entries(cell, default_scope(cell, scope), ())]
 
 
 def tf1_weights(cell, scope: str | None = None) -> dict[str, np.ndarray]:
@@ -101,7 +129,7 @@ def tf1_weights(cell, scope: str | None = None) -> dict[str, np.ndarray]:
     """
     return {
         name: np.asarray(_get(cell, path))
-        for name, path in _entries(cell, _default_scope(cell, scope), ())
+        for name, path in variable_entries(cell, default_scope(cell, scope), ())
     }
 
 
@@ -126,6 +154,38 @@ def _match(expected: list[str], given: list[str]) -> tuple[dict[str, str], list[
     return matches, missing, ambiguous
 
 
+def _scope_hint(expected: list[str], missing: list[str], scope: str, given: list[str]):
+    """The ``scope=`` that would make the cell's names match ``given``, as a sentence (or
+    ``None`` when no other scope places a missing name).
+
+    Each expected name is ``<scope>/<rest>``; a given name ``<prefix>/<rest>`` proposes
+    ``prefix``. The prefixes that place every ``rest`` are named (several when the names sit
+    under several scopes); otherwise the one that places the most, with how many it places.
+    """
+    rests = [name[len(scope) + 1 :] for name in expected]
+    lacking = {name[len(scope) + 1 :] for name in missing}
+    bare = [_SUFFIX.sub("", g) for g in given]
+    placed: dict[str, set[str]] = {}
+    for rest in rests:
+        for g in bare:
+            if g.endswith("/" + rest) and len(g) > len(rest) + 1:
+                placed.setdefault(g[: -len(rest) - 1], set()).add(rest)
+    placed = {p: found for p, found in placed.items() if found & lacking}
+    if not placed:
+        return None
+    whole = [p for p, found in placed.items() if len(found) == len(rests)]
+    if len(whole) == 1:
+        return f"They sit under scope {whole[0]!r}: pass scope={whole[0]!r}."
+    if whole:
+        options = " or ".join(f"scope={p!r}" for p in whole)
+        return f"They sit under several scopes: pass {options}."
+    best = max(placed, key=lambda p: len(placed[p]))
+    return (
+        f"{len(placed[best])} of the {len(rests)} names sit under scope {best!r}: pass "
+        f"scope={best!r} and check the cell types and options for the rest."
+    )
+
+
 def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, strict: bool = True):
     """Return ``cell`` with its weights taken from TF1 variables.
 
@@ -143,7 +203,9 @@ def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, stri
     **Returns:** a copy of ``cell`` (or of the pair) holding the arrays, cast to the cell's dtype.
 
     Raises ``ValueError`` for missing, unexpected (when ``strict``), ambiguous or wrongly shaped
-    variables, naming them; ``TypeError`` for a cell without TF1 names or a non-mapping.
+    variables, naming them (when the names sit under another scope, the message gives the
+    ``scope=`` that makes them match); ``TypeError`` for a cell without TF1 names or a
+    non-mapping.
 
     **Example:**
 
@@ -156,7 +218,7 @@ def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, stri
             f"variables must be a mapping of TF1 variable names to arrays; "
             f"got {type(variables).__name__}."
         )
-    entries = _entries(cell, _default_scope(cell, scope), ())
+    entries = variable_entries(cell, default_scope(cell, scope), ())
     expected = [name for name, _ in entries]
     given = [str(g) for g in variables]
     matches, missing, ambiguous = _match(expected, given)
@@ -168,12 +230,17 @@ def load_tf1_weights(cell, variables: Mapping, scope: str | None = None, *, stri
         )
     if missing:
         unused = [g for g in given if g not in matches.values()]
+        hint = _scope_hint(expected, missing, default_scope(cell, scope), given)
         raise ValueError(
             f"variables lacks {missing} (the cell's TF1 variables under scope "
-            f"{_default_scope(cell, scope)!r})"
+            f"{default_scope(cell, scope)!r})"
             + (f"; variables not matched: {unused}" if unused else "")
-            + ". Check the scope and the cell types (BasicLSTMCell is basic_lstm_cell, "
-            "LSTMCell lstm_cell)."
+            + (
+                f". {hint}"
+                if hint
+                else ". Check the scope and the cell types (BasicLSTMCell is basic_lstm_cell, "
+                "LSTMCell lstm_cell)."
+            )
         )
     extra = [g for g in given if g not in matches.values()]
     if strict and extra:

@@ -1,24 +1,29 @@
 """Save and load the weights of a cell, or of any pytree built from cells, as one file.
 
-The file is self-describing and validated on load::
+The file is a safetensors file (``tensorfile.py``: checksummed, written atomically). A model
+with TF1 names (the built-in cells, ``MultiRNNCell``, the wrappers, a ``(cell_fw, cell_bw)``
+pair) is stored under its TF1 variable names::
 
-    b"RECURRAX" | uint64 length | header (JSON) | SHA-256 of the header | the arrays' bytes
+    rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel   F32 [7, 16]
+    rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias     F32 [16]
 
-The header records the format version, what the file holds (``kind``), free metadata, and for
-every array its pytree path (``".cells[0].kernel"``), shape, dtype and byte range, plus the
-SHA-256 of all the array bytes. So a truncated or corrupted file, or a file written for another
-model, is reported as such instead of loading wrong numbers. Writes are atomic: the bytes go to
-a temporary file in the same directory, which is then renamed over the destination
-(``os.replace``), so a crash mid-write leaves the previous file intact.
+and any other array leaf (a dropout key, a model's own layers) under its pytree path
+(``".cells[1].key"``, ``".dense.weight"``); the metadata holds the model's configuration
+(``"config"``: class names and static fields, as JSON) and what the keys are (``"keys"``:
+``"tf1"`` or ``"paths"``). Loading maps the names back through the ``like`` model and checks
+every array against it, so a file written for another model is reported as such.
+
+An interrupted write (the process killed while writing) can leave its temporary file,
+``.<name>.<random>.tmp``, next to the destination; it is never read as the file, and the next
+save to the same path removes it (:func:`remove_leftovers`). A path is written by one process at
+a time.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import os
-import struct
-import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .tensorfile import read_arrays, write_arrays
+from .tf1 import default_scope, variable_entries
+
 __all__ = [
     "save_weights",
     "load_weights",
@@ -34,13 +42,26 @@ __all__ = [
     "read_arrays",
     "tree_arrays",
     "fill_like",
+    "remove_leftovers",
 ]
 
-_MAGIC = b"RECURRAX"
-_VERSION = 1
-_LEN = struct.Struct("<Q")
-_DIGEST = 32  # bytes of the header's SHA-256, written right after the header
-_INTACT = "It was not written completely or was damaged since; use an intact copy."
+
+def remove_leftovers(path) -> list[Path]:
+    """Remove the temporary files that interrupted writes of ``path`` left beside it.
+
+    They are named as :func:`write_arrays` names them while it writes, ``.<name>.<random>.tmp``
+    in ``path``'s directory; a write that failed removes its own, so these remain only from a
+    process that was killed mid-write. Returns the paths removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
 
 
 def _is_key(x) -> bool:
@@ -57,136 +78,31 @@ def tree_arrays(tree) -> dict[str, Any]:
     return {jax.tree_util.keystr(path): x for path, x in leaves}
 
 
-def _to_numpy(x) -> tuple[np.ndarray, str | None]:
-    """``(host array, PRNG implementation or None)``; typed PRNG keys are stored as key data."""
-    if _is_key(x):
-        return np.asarray(jax.random.key_data(x)), str(jax.random.key_impl(x))
-    return np.asarray(x), None  # tobytes() writes C order whatever the layout
-
-
-def write_arrays(path, arrays: dict[str, Any], *, kind: str, meta: dict | None = None) -> Path:
-    """Atomically write named arrays and JSON-able ``meta`` to ``path``; return the path.
-
-    **Arguments:** ``path`` (str or Path; its directory must exist), ``arrays`` (name -> array of
-    any shape; typed PRNG keys allowed), ``kind`` (a label checked on read, e.g. ``"weights"``),
-    ``meta`` (a JSON-serialisable dict).
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write {path}: directory {path.parent} does not exist; create it first."
-        )
-    entries, blobs, offset = [], [], 0
-    digest = hashlib.sha256()
-    for name, x in arrays.items():
-        host, key_impl = _to_numpy(x)
-        blob = host.tobytes()
-        entry = {"name": name, "shape": list(host.shape), "dtype": host.dtype.name}
-        if key_impl is not None:
-            entry["key_impl"] = key_impl
-        entries.append({**entry, "offset": offset, "nbytes": len(blob)})
-        digest.update(blob)
-        blobs.append(blob)
-        offset += len(blob)
-    header = {
-        "format": "recurrax",
-        "version": _VERSION,
-        "kind": kind,
-        "meta": meta or {},
-        "arrays": entries,
-        "payload_nbytes": offset,
-        "payload_sha256": digest.hexdigest(),
-    }
-    head = json.dumps(header, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + _LEN.pack(len(head)) + head + hashlib.sha256(head).digest())
-            for blob in blobs:
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see old or new, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_arrays(path, *, kind: str) -> tuple[dict[str, Any], dict]:
-    """Read and validate a file written by :func:`write_arrays`; return ``(arrays, meta)``.
-
-    Raises ``FileNotFoundError`` when there is no file, and ``ValueError`` when it is not a
-    recurrax file, holds another ``kind``, is truncated, or fails its checksum.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {kind} file at {path}.")
-    data = path.read_bytes()
-    n_head = len(_MAGIC) + _LEN.size
-    if not data.startswith(_MAGIC) and not (len(data) < len(_MAGIC) and _MAGIC.startswith(data)):
-        raise ValueError(
-            f"{path} is not a recurrax {kind} file (it does not start with {_MAGIC!r}): "
-            "pass a file written by recurrax."
-        )
-    if len(data) < n_head:
-        raise ValueError(f"{path} is truncated: it holds only {len(data)} bytes. {_INTACT}")
-    (head_len,) = _LEN.unpack_from(data, len(_MAGIC))
-    head = data[n_head : n_head + head_len]
-    check = data[n_head + head_len : n_head + head_len + _DIGEST]
-    if len(head) < head_len or len(check) < _DIGEST:
-        raise ValueError(f"{path} is truncated: its header is cut short. {_INTACT}")
-    if hashlib.sha256(head).digest() != check:
-        raise ValueError(
-            f"{path} is corrupted: the SHA-256 of its header does not match. {_INTACT}"
-        )
-    header = json.loads(head)
-    if header.get("version") != _VERSION:
-        raise ValueError(
-            f"{path} has format version {header.get('version')}; this recurrax reads "
-            f"version {_VERSION}."
-        )
-    if header.get("kind") != kind:
-        raise ValueError(
-            f"{path} holds a {header.get('kind')!r} file, not a {kind!r} file: pass the right file."
-        )
-    payload = memoryview(data)[n_head + head_len + _DIGEST :]
-    if len(payload) != header["payload_nbytes"]:
-        raise ValueError(
-            f"{path} is truncated: its header declares {header['payload_nbytes']} bytes of "
-            f"arrays but the file holds {len(payload)}. {_INTACT}"
-        )
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise ValueError(
-            f"{path} is corrupted: the SHA-256 of its arrays does not match the one in its "
-            f"header. {_INTACT}"
-        )
-    arrays = {}
-    for e in header["arrays"]:
-        raw = payload[e["offset"] : e["offset"] + e["nbytes"]]
-        x = np.frombuffer(raw, dtype=jnp.dtype(e["dtype"])).reshape(e["shape"]).copy()
-        if "key_impl" in e:
-            x = jax.random.wrap_key_data(x, impl=e["key_impl"])
-        arrays[e["name"]] = x
-    return arrays, header["meta"]
-
-
 def _describe(x) -> tuple[tuple[int, ...], str]:
     if _is_key(x):
         return tuple(x.shape), f"key<{jax.random.key_impl(x)}>"
     return tuple(np.shape(x)), jnp.dtype(x.dtype).name
 
 
-def fill_like(arrays: dict[str, Any], like, *, source: str, what: str = "model"):
+def fill_like(
+    arrays: dict[str, Any],
+    like,
+    *,
+    source: str,
+    what: str = "model",
+    labels: dict[str, str] | None = None,
+):
     """``like`` with its array leaves replaced by ``arrays`` (matched by pytree path).
 
     Raises ``ValueError`` naming the missing and unexpected paths, or the first leaf whose shape
-    or dtype differs; ``source`` names where ``arrays`` came from in the messages.
+    or dtype differs; ``source`` names where ``arrays`` came from in the messages, and
+    ``labels`` (pytree path -> name in the file) how the file names a path.
     """
+    labels = labels or {}
     dynamic, static = eqx.partition(like, eqx.is_array)
     flat, treedef = jax.tree_util.tree_flatten_with_path(dynamic)
     names = [jax.tree_util.keystr(p) for p, _ in flat]
-    missing = [n for n in names if n not in arrays]
+    missing = [labels.get(n, n) for n in names if n not in arrays]
     extra = [n for n in arrays if n not in set(names)]
     if missing or extra:
         raise ValueError(
@@ -208,7 +124,8 @@ def fill_like(arrays: dict[str, Any], like, *, source: str, what: str = "model")
         if _describe(new) != _describe(x):
             (s_new, d_new), (s_old, d_old) = _describe(new), _describe(x)
             raise ValueError(
-                f"{source} does not match the {what}: array {name!r} is {d_new}{list(s_new)} "
+                f"{source} does not match the {what}: array {labels.get(name, name)!r} is "
+                f"{d_new}{list(s_new)} "
                 f"in the file but {d_old}{list(s_old)} in the {what}. Build the {what} with "
                 "the sizes and dtype it was saved with."
             )
@@ -216,24 +133,67 @@ def fill_like(arrays: dict[str, Any], like, *, source: str, what: str = "model")
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
 
 
+def _tf1_paths(model) -> dict[str, str]:
+    """``{pytree path: TF1 name}`` for the weights of a model with TF1 names; else ``{}``."""
+    try:
+        entries = variable_entries(model, default_scope(model, None), ())
+    except TypeError:  # not built from the built-in cells: pytree paths it is
+        return {}
+    return {
+        "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in where): name
+        for name, where in entries
+    }
+
+
+def _config(x):
+    """A JSON description of ``x``'s structure: classes and static fields, no arrays."""
+    if isinstance(x, eqx.Module):
+        out = {"class": type(x).__name__}
+        for field in dataclasses.fields(x):
+            value = getattr(x, field.name, None)
+            if field.metadata.get("static") or isinstance(value, (eqx.Module, list, tuple, dict)):
+                out[field.name] = _config(value)
+        return out
+    if isinstance(x, (list, tuple)):
+        return [_config(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _config(v) for k, v in x.items()}
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    if eqx.is_array(x):
+        return "array"
+    if isinstance(x, np.dtype) or (isinstance(x, type) and issubclass(x, np.generic)):
+        return jnp.dtype(x).name
+    return getattr(x, "__name__", type(x).__name__)
+
+
 def save_weights(path, model, *, meta: dict | None = None) -> Path:
     """Save every array of ``model`` (a cell, or any pytree built from cells) to ``path``.
 
     **Arguments:**
 
-    - ``path``: the file to write (its directory must exist). It is replaced atomically.
-    - ``model``: a cell, wrapper, ``MultiRNNCell``, an ``eqx.Module`` holding cells, or any
-      pytree; its array leaves are saved under their pytree paths with shape and dtype.
+    - ``path``: the file to write (its directory must exist), e.g. ``"lstm.safetensors"``. It
+      is replaced atomically; temporary files an interrupted earlier write left beside it are
+      removed.
+    - ``model``: a cell, wrapper, ``MultiRNNCell`` or ``(cell_fw, cell_bw)`` pair (its weights
+      are stored under their TF1 variable names, ``"rnn/basic_lstm_cell/kernel"``), or an
+      ``eqx.Module`` holding cells, or any pytree (its arrays are stored under their pytree
+      paths, ``".cell.kernel"``). Shapes and dtypes are kept.
     - ``meta``: optional JSON-serialisable dict stored alongside (e.g. how to rebuild the model).
 
-    **Returns:** the path written.
+    **Returns:** the path written: a safetensors file, which ``safetensors.numpy.load_file``
+    reads too.
 
     **Example:**
 
-    >>> recurrax.save_weights("lstm.rcx", cell)
-    >>> same = recurrax.load_weights("lstm.rcx", recurrax.BasicLSTMCell(64, 8, key=key))
+    >>> recurrax.save_weights("lstm.safetensors", cell)
+    >>> same = recurrax.load_weights("lstm.safetensors", recurrax.BasicLSTMCell(64, 8, key=key))
     """
-    return write_arrays(path, tree_arrays(model), kind="weights", meta=meta)
+    names = _tf1_paths(model)
+    arrays = {names.get(k, k): v for k, v in tree_arrays(model).items()}
+    info = {"keys": "tf1" if names else "paths", "config": json.dumps(_config(model))}
+    remove_leftovers(path)
+    return write_arrays(path, arrays, kind="weights", meta=meta, info=info)
 
 
 def load_weights(path, like):
@@ -241,7 +201,8 @@ def load_weights(path, like):
 
     **Arguments:**
 
-    - ``path``: the file to read.
+    - ``path``: the file to read (a ``.safetensors`` file written by :func:`save_weights`; files
+      of recurrax's first weights format are read too).
     - ``like``: a model of the same structure as the saved one (same cell types, sizes, dtypes);
       its own weights are ignored, its configuration (static fields) is kept.
 
@@ -252,4 +213,7 @@ def load_weights(path, like):
     (missing or unexpected arrays, other shapes or dtypes); the message says which.
     """
     arrays, _ = read_arrays(path, kind="weights")
-    return fill_like(arrays, like, source=str(path))
+    labels = _tf1_paths(like)
+    paths = {name: where for where, name in labels.items()}
+    arrays = {paths.get(k, k): v for k, v in arrays.items()}
+    return fill_like(arrays, like, source=str(path), labels=labels)

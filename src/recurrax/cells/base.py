@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checks import check_batch_size, check_float_dtype, check_state, is_size_leaf
+from .checks import check_batch_size, check_float_dtype, check_step, is_size_leaf
 
 __all__ = [
     "Cell",
@@ -212,19 +212,14 @@ class Cell(RNNCell):
         return zero_state_for(self.state_size, batch_size, self.dtype if dtype is None else dtype)
 
     def recurrence(self):
-        """The cell's step math, as the fused path reads it (see ``recurrence.py``)."""
-        raise NotImplementedError
+        """The cell's step math, as :meth:`__call__` and the fused path read it
+        (``recurrence.py``); ``None`` for a cell that writes its own ``__call__`` instead (such
+        as ``LayerNormBasicLSTMCell``), which then runs on the generic loop."""
+        return None
 
     def __call__(self, inputs, state, *, key=None):
         """One step: ``(output, new_state)``. ``key`` is accepted and ignored (no randomness)."""
-        name = type(self).__name__
-        shape = np.shape(inputs)
-        if len(shape) != 2 or shape[-1] != self.input_size:
-            raise ValueError(
-                f"{name}: inputs must have shape [batch, input_size={self.input_size}]; "
-                f"got {tuple(shape)}."
-            )
-        check_state(name, self.state_size, shape[0], state)
+        check_step(type(self).__name__, inputs, self.input_size, self.state_size, state)
         recurrence = self.recurrence()
         rec, fold = recurrence.cell_weights(self)
         with jax.named_scope(self.tf1_scope):

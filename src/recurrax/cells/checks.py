@@ -22,6 +22,7 @@ __all__ = [
     "check_real",
     "check_state",
     "check_state_is_tuple",
+    "check_step",
     "is_size_leaf",
     "is_traced",
     "size_to_str",
@@ -183,3 +184,14 @@ def check_state(name: str, state_size, batch: int, state) -> None:
 def is_traced(x) -> bool:
     """Whether ``x`` is a tracer (a value only known when the program runs)."""
     return isinstance(x, jax.core.Tracer)
+
+
+def check_step(name: str, inputs, input_size: int, state_size, state) -> None:
+    """A cell's call: ``inputs [batch, input_size]`` and a ``state`` matching ``state_size``
+    for that batch (shapes only, static: also under ``jax.jit``)."""
+    shape = np.shape(inputs)
+    if len(shape) != 2 or shape[-1] != input_size:
+        raise ValueError(
+            f"{name}: inputs must have shape [batch, input_size={input_size}]; got {tuple(shape)}."
+        )
+    check_state(name, state_size, shape[0], state)

@@ -20,7 +20,7 @@ from .checks import (
     check_key,
     check_kwargs,
     check_positive_int,
-    check_state,
+    check_step,
 )
 from .initializers import glorot_uniform
 from .wrappers import check_keep_prob, dropout
@@ -198,14 +198,7 @@ class LayerNormBasicLSTMCell(Cell):
         return layer_norm(z, getattr(self, f"{name}_gamma"), getattr(self, f"{name}_beta"))
 
     def __call__(self, inputs, state, *, key=None):
-        name = type(self).__name__
-        shape = jnp.shape(inputs)
-        if len(shape) != 2 or shape[-1] != self.input_size:
-            raise ValueError(
-                f"{name}: inputs must have shape [batch, input_size={self.input_size}]; "
-                f"got {tuple(shape)}."
-            )
-        check_state(name, self.state_size, shape[0], state)
+        check_step(type(self).__name__, inputs, self.input_size, self.state_size, state)
         c, h = state
         sigmoid = jax.nn.sigmoid
         with jax.named_scope(self.tf1_scope):

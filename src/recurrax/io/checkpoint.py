@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from .tensorfile import read_arrays, write_arrays
-from .weights import fill_like, remove_leftovers, tree_arrays
+from .weights import fill_like, tree_arrays
 
 __all__ = [
     "Checkpoint",
@@ -104,7 +104,6 @@ def save_checkpoint(
         raise ValueError(f"step must be an int >= 0 and <= {MAX_STEP}; got {step!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(checkpoint_path(directory))
     arrays = {
         **{f"model{k}": v for k, v in tree_arrays(model).items()},
         **{f"opt_state{k}": v for k, v in tree_arrays(opt_state).items()},

@@ -29,6 +29,7 @@ import json
 import os
 import struct
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["write_arrays", "read_arrays"]
+__all__ = ["write_arrays", "read_arrays", "remove_leftovers"]
 
 _VERSION = "2"
 _LEN = struct.Struct("<Q")
@@ -71,6 +72,24 @@ def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
+def remove_leftovers(path) -> list[Path]:
+    """Remove the temporary files that interrupted writes of ``path`` left beside it.
+
+    They are named as :func:`write_arrays` names them while it writes, ``.<name>.<random>.tmp``
+    in ``path``'s directory; a write that failed removes its own, so these remain only from a
+    process that was killed mid-write. Returns the paths removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
 def write_arrays(
     path,
     arrays: dict[str, Any],
@@ -92,6 +111,7 @@ def write_arrays(
         raise FileNotFoundError(
             f"cannot write {path}: directory {path.parent} does not exist; create it first."
         )
+    remove_leftovers(path)
     header: dict[str, Any] = {}
     blobs, offset, keys = [], 0, {}
     digest = hashlib.sha256()

@@ -15,15 +15,14 @@ every array against it, so a file written for another model is reported as such.
 
 An interrupted write (the process killed while writing) can leave its temporary file,
 ``.<name>.<random>.tmp``, next to the destination; it is never read as the file, and the next
-save to the same path removes it (:func:`remove_leftovers`). A path is written by one process at
-a time.
+write to the same path removes it (``tensorfile.remove_leftovers``). A path is written by one
+process at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +41,7 @@ __all__ = [
     "read_arrays",
     "tree_arrays",
     "fill_like",
-    "remove_leftovers",
 ]
-
-
-def remove_leftovers(path) -> list[Path]:
-    """Remove the temporary files that interrupted writes of ``path`` left beside it.
-
-    They are named as :func:`write_arrays` names them while it writes, ``.<name>.<random>.tmp``
-    in ``path``'s directory; a write that failed removes its own, so these remain only from a
-    process that was killed mid-write. Returns the paths removed.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        return []
-    removed = []
-    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        if leftover.is_file() and not leftover.is_symlink():
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return removed
 
 
 def _is_key(x) -> bool:
@@ -192,7 +172,6 @@ def save_weights(path, model, *, meta: dict | None = None) -> Path:
     names = _tf1_paths(model)
     arrays = {names.get(k, k): v for k, v in tree_arrays(model).items()}
     info = {"keys": "tf1" if names else "paths", "config": json.dumps(_config(model))}
-    remove_leftovers(path)
     return write_arrays(path, arrays, kind="weights", meta=meta, info=info)
 
 

@@ -425,7 +425,9 @@ def test_bias_initializer_and_default_weights_unchanged():
 
 
 def test_reuse_name_and_activation_none_are_tf1s():
-    """``reuse`` and ``name`` have no effect; ``activation=None`` is TF1's default, tanh."""
+    """``reuse`` has no effect; ``activation=None`` is TF1's default, tanh; ``name`` changes
+    only the cell's TF1 variable scope, not its weights or its numbers."""
+    x = jnp.ones((2, 3))
     for build in (
         recurrax.BasicRNNCell,
         recurrax.GRUCell,
@@ -433,8 +435,14 @@ def test_reuse_name_and_activation_none_are_tf1s():
         recurrax.LSTMCell,
     ):
         plain = build(4, 3, key=KEY)
-        tf1 = build(4, 3, key=KEY, reuse=True, name="my_cell", activation=None)
+        tf1 = build(4, 3, key=KEY, reuse=True, activation=None)
         assert eqx.tree_equal(plain, tf1)
+        named = build(4, 3, key=KEY, name="my_cell")
+        assert named.variable_scope == "my_cell" and plain.variable_scope == plain.tf1_scope
+        assert eqx.tree_equal(jax.tree_util.tree_leaves(named), jax.tree_util.tree_leaves(plain))
+        np.testing.assert_array_equal(
+            named(x, named.zero_state(2))[0], plain(x, plain.zero_state(2))[0]
+        )
 
 
 @pytest.mark.parametrize(

@@ -351,3 +351,42 @@ def test_missing_names_under_another_scope_say_which_scope(getkey):
     }
     with pytest.raises(ValueError, match=r"Check the scope and the cell types \(BasicLSTMCell"):
         recurrax.load_tf1_weights(recurrax.BasicLSTMCell(4, 3, key=getkey()), lstm)
+
+
+def test_a_cells_name_is_its_tf1_variable_scope(getkey):
+    """TF1 names a cell's variables under its ``name``: the names follow it, nested in the
+    runner's and ``MultiRNNCell``'s scopes, and weights round-trip under it."""
+    cell = recurrax.GRUCell(3, 2, key=getkey(), name="encoder")
+    assert recurrax.tf1_variable_names(cell) == [
+        "rnn/encoder/gates/kernel",
+        "rnn/encoder/gates/bias",
+        "rnn/encoder/candidate/kernel",
+        "rnn/encoder/candidate/bias",
+    ]
+    stack = recurrax.MultiRNNCell(
+        [
+            recurrax.BasicLSTMCell(3, 2, key=getkey(), name="lower"),
+            recurrax.BasicRNNCell(3, 3, key=getkey()),
+        ]
+    )
+    assert recurrax.tf1_variable_names(stack, scope="Model/RNN") == [
+        "Model/RNN/multi_rnn_cell/cell_0/lower/kernel",
+        "Model/RNN/multi_rnn_cell/cell_0/lower/bias",
+        "Model/RNN/multi_rnn_cell/cell_1/basic_rnn_cell/kernel",
+        "Model/RNN/multi_rnn_cell/cell_1/basic_rnn_cell/bias",
+    ]
+    other = recurrax.GRUCell(3, 2, key=getkey(), name="encoder")
+    loaded = recurrax.load_tf1_weights(other, recurrax.tf1_weights(cell))
+    x = jnp.ones((2, 2))
+    np.testing.assert_array_equal(
+        loaded(x, loaded.zero_state(2))[0], cell(x, cell.zero_state(2))[0]
+    )
+    # Under its default scope the same weights are not found, and the error says so.
+    with pytest.raises(ValueError, match="gru_cell/gates/kernel"):
+        recurrax.load_tf1_weights(recurrax.GRUCell(3, 2, key=getkey()), recurrax.tf1_weights(cell))
+
+
+@pytest.mark.parametrize("name", [3, "", "/"])
+def test_a_bad_cell_name_is_refused(getkey, name):
+    with pytest.raises(TypeError, match=r"name must be None or a non-empty string"):
+        recurrax.BasicRNNCell(3, 2, key=getkey(), name=name)

@@ -20,6 +20,7 @@ from .cells.projection import EmbeddingWrapper as EmbeddingWrapper
 from .cells.projection import InputProjectionWrapper as InputProjectionWrapper
 from .cells.projection import OutputProjectionWrapper as OutputProjectionWrapper
 from .cells.rnn import BasicRNNCell as BasicRNNCell
+from .cells.shapes import TensorShape as TensorShape
 from .cells.wrappers import DropoutWrapper as DropoutWrapper
 from .cells.wrappers import MultiRNNCell as MultiRNNCell
 from .cells.wrappers import ResidualWrapper as ResidualWrapper

@@ -21,13 +21,14 @@ __all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]
 _OPTIONS = ("implementation", "unroll", "memory", "memory_budget", "swap_memory", "time_major")
 
 
-def _check_call(inputs, sequence_length, parallel_iterations, arguments: dict):
+def _check_call(inputs, sequence_length, parallel_iterations, arguments: dict, cells):
     """The checks both runners make: ``(options, inputs, sequence_length, batch, features)``
     with the options (named in :data:`_OPTIONS`, read from the runner's ``arguments``)
-    resolved once."""
+    resolved once; ``cells`` (name to cell) decide whether inputs may have several feature
+    axes, or be a nest."""
     check_parallel_iterations(parallel_iterations)
     options = resolve_options(**{name: arguments[name] for name in _OPTIONS})
-    inputs, batch, time, features = check_sequence_inputs(inputs, options.time_major)
+    inputs, batch, time, features = check_sequence_inputs(inputs, options.time_major, cells)
     sequence_length = check_sequence_length(sequence_length, batch, time)
     return options, inputs, sequence_length, batch, features
 
@@ -84,11 +85,21 @@ def dynamic_rnn(
       ``integer_inputs = True`` (``EmbeddingWrapper``) takes integer ids ``[batch, time, 1]``
       instead, passed through uncast. Steps at or past a row's length may hold anything (NaN
       included): the cell sees zeros there, and no NaN reaches outputs, states or gradients.
+      A cell whose ``input_size`` is a :class:`~recurrax.TensorShape`, or that declares none,
+      may take inputs of any rank, ``[batch, time, *input_shape]`` (TF1's ``[batch, time,
+      ...]``; a convolutional cell's ``[batch, time, H, W, C]`` frames). As in TF1,
+      ``inputs`` may also be a nest (tuple, namedtuple, list, dict) of such arrays, every leaf
+      with the same batch and time axes, for a cell that reads one (it declares no
+      ``input_size``, or a nest of sizes; the built-in cells read one array): the cell
+      receives the nest of step ``t``, on the generic loop.
     - ``sequence_length``: optional ``[batch]`` of any integer dtype, values in ``[0, time]``.
       Checked when concrete; under ``jax.jit`` values are traced and unchecked, and then a
       length above ``time`` acts as ``time`` and a negative one as 0 (clipped in their own
       dtype, so a uint32 ``2**32 - 1`` is ``time`` too).
-    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays.
+    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays
+      (``[batch, *shape]`` for a :class:`~recurrax.TensorShape` size). Where the cell's own
+      ``zero_state`` has an integer leaf or one of rank 0 (a step counter), so may this; a
+      rank-0 leaf is not masked by ``sequence_length`` (TF1's rule).
     - ``dtype``: dtype of the state and outputs; required without ``initial_state`` unless the
       cell declares one. An explicit ``dtype`` wins.
     - ``parallel_iterations``: accepted for TF1 compatibility (a positive int or ``None``); XLA
@@ -129,7 +140,8 @@ def dynamic_rnn(
     NumPy lengths stay concrete under ``jax.jit``.
 
     **Returns:** ``(outputs, final_state)``: ``outputs`` is ``[batch, time, output_size]`` (or
-    time-major), zero past each row's length; ``final_state`` matches ``cell.state_size``.
+    time-major; ``[batch, time, *shape]`` for a :class:`~recurrax.TensorShape` ``output_size``),
+    zero past each row's length; ``final_state`` matches ``cell.state_size``.
 
     **Example:**
 
@@ -143,7 +155,7 @@ def dynamic_rnn(
     del scope
     check_cell(cell)
     options, inputs, sequence_length, batch, features = _check_call(
-        inputs, sequence_length, parallel_iterations, locals()
+        inputs, sequence_length, parallel_iterations, locals(), {"cell": cell}
     )
     check_feature_size(cell, features, "inputs")
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
@@ -186,7 +198,11 @@ def bidirectional_dynamic_rnn(
     check_cell(cell_fw, "cell_fw")
     check_cell(cell_bw, "cell_bw")
     options, inputs, sequence_length, batch, features = _check_call(
-        inputs, sequence_length, parallel_iterations, locals()
+        inputs,
+        sequence_length,
+        parallel_iterations,
+        locals(),
+        {"cell_fw": cell_fw, "cell_bw": cell_bw},
     )
     # Checked here so that a message names the direction at fault.
     (init_fw, dtype_fw), (init_bw, dtype_bw) = resolve_directions(

@@ -18,6 +18,7 @@ import numpy as np
 
 from .cells.base import bind_step
 from .cells.checks import is_traced
+from .validate import _plain
 
 __all__ = [
     "check_sequence_length",
@@ -27,6 +28,7 @@ __all__ = [
     "select_state",
     "mask_output",
     "masked_step",
+    "conform_state",
     "zero_padding",
 ]
 
@@ -102,16 +104,23 @@ def _expand(mask, x):
 
 
 def select_state(valid, new_state, old_state):
-    """Per row: the new state where ``valid`` else the old one (TF1's copy-through)."""
+    """Per row: the new state where ``valid`` else the old one (TF1's copy-through). A leaf of
+    rank 0 has no rows: it takes the new value (TF1's ``_copy_one_through``)."""
     return jax.tree_util.tree_map(
-        lambda n, o: jnp.where(_expand(valid, n), n, o), new_state, old_state
+        lambda n, o: n if jnp.ndim(o) == 0 else jnp.where(_expand(valid, n), n, o),
+        new_state,
+        old_state,
     )
 
 
 def mask_output(valid, output):
-    """Per row: the output where ``valid`` else zeros (also how padded inputs are cleared)."""
+    """Per row: the output where ``valid`` else zeros (also how padded inputs are cleared). A
+    leaf of rank 0 has no rows: it passes through."""
     return jax.tree_util.tree_map(
-        lambda y: jnp.where(_expand(valid, y), y, jnp.zeros((), y.dtype)), output
+        lambda y: (
+            y if jnp.ndim(y) == 0 else jnp.where(_expand(valid, y), y, jnp.zeros((), y.dtype))
+        ),
+        output,
     )
 
 
@@ -137,20 +146,86 @@ def zero_padding(xs, sequence_length, time_axis: int, batch_axis: int):
 
 def masked_step(cell, x_t, state, t, sequence_length, dtype):
     """One step of the TF1 contract: clear the padded inputs, call the cell, then zero outputs /
-    copy state past lengths."""
+    copy state past lengths.
+
+    Floating outputs are cast to ``dtype``, other outputs keep their dtype; every state leaf
+    keeps the dtype and shape it had (:func:`conform_state`). A state leaf of rank 0 (a cell's
+    own unbatched counter, TF1's scalar state) is not masked: it advances at every step run,
+    that is while ``t < max(sequence_length)``."""
     valid = None if sequence_length is None else valid_mask(t, sequence_length)
     if valid is not None:
         x_t = mask_output(valid, x_t)  # padding may hold NaN: the cell never sees it
     out, new_state = bind_step(cell, t)(x_t, state)
-    out, new_state = _cast(out, dtype), _cast(new_state, dtype)
+    out, new_state = _cast(out, dtype), conform_state(new_state, state)
     if valid is not None:
         out = mask_output(valid, out)
         new_state = select_state(valid, new_state, state)
+        if any(jnp.ndim(s) == 0 for s in jax.tree_util.tree_leaves(state)):
+            # Past the longest row TF1 runs no step: its scalars stay (static_rnn with traced
+            # lengths calls the cell there; dynamic_rnn's loop never does).
+            running = t < jnp.max(jnp.asarray(sequence_length))
+            new_state = jax.tree_util.tree_map(
+                lambda n, o: jnp.where(running, n, o) if jnp.ndim(o) == 0 else n,
+                new_state,
+                state,
+            )
     return out, new_state
 
 
 def _cast(tree, dtype):
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype), tree)
+    """Floating leaves cast to ``dtype``; integer and boolean ones keep their dtype."""
+
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _kind(dtype) -> str:
+    for kind, base in (("floating", jnp.inexact), ("integer", jnp.integer), ("bool", jnp.bool_)):
+        if jnp.issubdtype(dtype, base):
+            return kind
+    return str(dtype)
+
+
+def conform_state(new_state, state):
+    """The cell's ``new_state`` with the structure, dtypes and shapes of ``state``, the state it
+    received (the loop carries it): each leaf cast to its old dtype within its kind (floating,
+    integer, bool). A leaf whose kind or shape changed, or a different structure, is a
+    ``TypeError`` / ``ValueError`` naming the leaf."""
+    old_leaves, old_def = jax.tree_util.tree_flatten(state)
+    new_with_path, new_def = jax.tree_util.tree_flatten_with_path(new_state)
+    if new_def != old_def:
+        plain = jax.tree_util.tree_structure
+        if len(new_with_path) != len(old_leaves) or plain(_plain(new_state)) != plain(
+            _plain(jax.tree_util.tree_unflatten(old_def, [0] * len(old_leaves)))
+        ):
+            raise ValueError(
+                f"the cell's new state must have the structure of the state it received, "
+                f"{old_def}; got {new_def}. A cell returns one state leaf per leaf of its "
+                "state_size, in the same nest."
+            )
+    leaves = []
+    for (path, new), old in zip(new_with_path, old_leaves):
+        new = jnp.asarray(new)
+        where = f"new_state{jax.tree_util.keystr(path)}"
+        old_dtype, new_dtype = jnp.result_type(old), new.dtype
+        if _kind(old_dtype) != _kind(new_dtype):
+            raise TypeError(
+                f"the cell's {where} has dtype {new_dtype} but that state leaf is {old_dtype} "
+                f"({_kind(old_dtype)}): a state leaf keeps its dtype from step to step. Return "
+                f"it as {old_dtype} (e.g. new.astype(state.dtype)), or start from an initial "
+                f"state of dtype {new_dtype}."
+            )
+        if tuple(new.shape) != tuple(jnp.shape(old)):
+            raise ValueError(
+                f"the cell's {where} has shape {tuple(new.shape)} but that state leaf has "
+                f"shape {tuple(jnp.shape(old))}: a state leaf keeps its shape from step to step "
+                "(the loop carries it)."
+            )
+        leaves.append(new.astype(old_dtype))
+    return jax.tree_util.tree_unflatten(old_def, leaves)
 
 
 def _check_axis(axis, name: str) -> int:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from .cells.base import bind_step
 from .cells.checks import check_cell, check_positive_int, is_size_leaf
+from .cells.shapes import size_shape
 from .engine.options import resolve_options
 from .engine.raw_loop import while_loop
 from .validate import _plain, check_parallel_iterations, resolve_initial_state
@@ -57,7 +58,9 @@ def _emit_shapes(template, cell, state):
     if template is None:
         dtype = jnp.result_type(jax.tree_util.tree_leaves(state)[0])
         return jax.tree_util.tree_map(
-            lambda n: jax.ShapeDtypeStruct((int(n),), dtype), cell.output_size, is_leaf=is_size_leaf
+            lambda n: jax.ShapeDtypeStruct(size_shape(n), dtype),
+            cell.output_size,
+            is_leaf=is_size_leaf,
         )
 
     def shape_of(path, leaf):
@@ -107,9 +110,12 @@ def _conform(value, like, name: str, batch: int | None = None):
 
 
 def _where(finished, old, new):
-    """Per row: ``old`` where the row had finished, else ``new``."""
+    """Per row: ``old`` where the row had finished, else ``new``. A leaf of rank 0 has no rows:
+    it takes ``new`` (TF1's ``raw_rnn`` passes scalars through)."""
 
     def pick(o, n):
+        if jnp.ndim(o) == 0:
+            return n
         mask = finished.reshape(finished.shape + (1,) * (n.ndim - 1))
         return jnp.where(mask, o, n)
 
@@ -156,11 +162,14 @@ def raw_rnn(
     - ``cell``: a cell (built-in, wrapper, or any object following the cell protocol).
     - ``loop_fn``: the function above. Its returns: ``elements_finished``, bool ``[batch]``;
       ``next_input``, a nest of ``[batch, ...]`` arrays (the cell's input); ``next_cell_state``,
-      a nest matching ``cell.state_size`` of ``[batch, n]`` floating arrays; ``emit_output``: at
+      a nest matching ``cell.state_size`` of ``[batch, n]`` floating arrays (``[batch, *shape]``
+      for a :class:`~recurrax.TensorShape` size; also an integer leaf, or one of rank 0 that no
+      row masks, as in TF1, where the cell's own ``zero_state`` has one); ``emit_output``: at
       time 0 the emit template, per-row shapes without the batch axis (a nest of
-      ``jax.ShapeDtypeStruct`` or arrays, e.g. ``jnp.zeros(n)``; ``None``: ``cell.output_size``
-      in the state's dtype), later a nest of ``[batch, *shape]`` arrays; ``next_loop_state``, any
-      nest of arrays, or ``None`` (at time 0: no loop state; later: unchanged). Structures and
+      ``jax.ShapeDtypeStruct`` or arrays, e.g.
+      ``jnp.zeros(n)``; ``None``: ``cell.output_size`` in the state's dtype, a ``TensorShape``
+      leaf giving its shape), later a nest of ``[batch, *shape]`` arrays; ``next_loop_state``,
+      any nest of arrays, or ``None`` (at time 0: no loop state; later: unchanged). Structures and
       shapes stay those of time 0; dtypes are cast to those of time 0 within their kind.
       ``time`` is an int32 scalar, traced after time 0: read sequences with it by indexing
       (``inputs[jnp.minimum(time, T - 1)]``) rather than Python control flow.

@@ -49,8 +49,15 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
       they are cast to ``dtype``, as TF1 casts what it feeds to a placeholder. A cell whose
       class sets ``integer_inputs = True`` (``EmbeddingWrapper``) takes integer ids ``[batch, 1]``
       instead, passed through uncast. Steps at or past a row's length may hold anything (NaN
-      included): the cell sees zeros there.
-    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays; default
+      included): the cell sees zeros there. A cell whose ``input_size`` is a
+      :class:`~recurrax.TensorShape`, or that declares none, may take steps of any rank,
+      ``[batch, *input_shape]`` (a convolutional cell's ``[batch, H, W, C]`` frames). As in
+      TF1, each step may also be a nest (tuple, namedtuple, list, dict) of such arrays, the
+      same nest at every step with one batch for all its leaves, for a cell that reads one (it
+      declares no ``input_size``, or a nest of sizes; the built-in cells read one array): the
+      cell receives the nest.
+    - ``initial_state``: a nest matching ``cell.state_size`` of ``[batch, n]`` arrays
+      (``[batch, *shape]`` for a :class:`~recurrax.TensorShape` size); default
       ``cell.zero_state(batch, dtype)``.
     - ``dtype``: the dtype of the state and outputs; required when there is no ``initial_state``
       and the cell declares no dtype; an explicit ``dtype`` wins.
@@ -58,8 +65,9 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
       the cell is not even called for steps at or past ``max(sequence_length)``.
     - ``scope``: accepted for TF1 compatibility; names nothing.
 
-    **Returns:** ``(outputs, final_state)``: a list of ``T`` arrays ``[batch, output_size]`` and
-    the state after each row's last valid step.
+    **Returns:** ``(outputs, final_state)``: a list of ``T`` arrays ``[batch, output_size]``
+    (``[batch, *shape]`` for a :class:`~recurrax.TensorShape` ``output_size``) and the state
+    after each row's last valid step.
 
     The program holds ``T`` copies of the cell, so it grows, and compiles more slowly, with
     ``T``; every new ``T`` retraces. Use :func:`~recurrax.dynamic_rnn` for long or varying ``T``.
@@ -71,7 +79,7 @@ def static_rnn(cell, inputs, initial_state=None, dtype=None, sequence_length=Non
     """
     del scope
     check_cell(cell)
-    xs, batch, features = check_step_inputs(inputs)
+    xs, batch, features = check_step_inputs(inputs, {"cell": cell})
     check_feature_size(cell, features, "inputs")
     sequence_length = check_sequence_length(sequence_length, batch, len(xs))
     state, dtype = resolve_initial_state(cell, initial_state, dtype, batch)
@@ -108,6 +116,17 @@ def _unroll(cell, xs, state, dtype, sequence_length):
     return outputs, state
 
 
+def _stack(steps):
+    """A list of ``T`` nests of ``[B, ...]`` arrays as one nest of ``[T, B, ...]`` arrays."""
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *steps)
+
+
+def _unstack(tree):
+    """:func:`_stack` undone: the list of ``T`` nests."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return [jax.tree_util.tree_unflatten(treedef, step) for step in zip(*leaves)]
+
+
 def static_bidirectional_rnn(
     cell_fw,
     cell_bw,
@@ -127,22 +146,30 @@ def static_bidirectional_rnn(
     direction.
 
     **Returns:** ``(outputs, state_fw, state_bw)`` where ``outputs[t]`` is
-    ``concat([out_fw[t], out_bw[t]], -1)``, of shape ``[batch, out_fw + out_bw]``.
+    ``concat([out_fw[t], out_bw[t]], 1)``, of shape ``[batch, out_fw + out_bw]``. As in TF1 the
+    concatenation is along axis 1 for every output leaf, so outputs ``[batch, H, W, C]`` (a
+    :class:`~recurrax.TensorShape` ``output_size``) give ``[batch, 2 * H, W, C]``; for channels
+    side by side, run :func:`static_rnn` per direction and concatenate along ``-1``.
     """
     del scope
     check_cell(cell_fw, "cell_fw")
     check_cell(cell_bw, "cell_bw")
-    xs, batch, features = check_step_inputs(inputs)
+    xs, batch, features = check_step_inputs(inputs, {"cell_fw": cell_fw, "cell_bw": cell_bw})
     sequence_length = check_sequence_length(sequence_length, batch, len(xs))
     # Checked here so that a message names the direction at fault.
     (init_fw, dtype_fw), (init_bw, dtype_bw) = resolve_directions(
         (cell_fw, cell_bw), (initial_state_fw, initial_state_bw), dtype, features, batch
     )
     xs_fw = _cast_steps(cell_fw, xs, dtype_fw, "cell_fw")
-    reversed_xs = list(reverse_rows(jnp.stack(xs), sequence_length))
+    reversed_xs = _unstack(reverse_rows(_stack(xs), sequence_length))
     xs_bw = _cast_steps(cell_bw, reversed_xs, dtype_bw, "cell_bw")
     out_fw, state_fw = _unroll(cell_fw, xs_fw, init_fw, dtype_fw, sequence_length)
     out_bw, state_bw = _unroll(cell_bw, xs_bw, init_bw, dtype_bw, sequence_length)
-    out_bw = list(reverse_rows(jnp.stack(out_bw), sequence_length))
-    outputs = [jnp.concatenate([f, b], -1) for f, b in zip(out_fw, out_bw)]
+    out_bw = _unstack(reverse_rows(_stack(out_bw), sequence_length))
+    # TF1 concatenates each output leaf along axis 1: the features of a [batch, n] output, the
+    # first shape axis of a [batch, *shape] one.
+    outputs = [
+        jax.tree_util.tree_map(lambda f, b: jnp.concatenate([f, b], 1), f, b)
+        for f, b in zip(out_fw, out_bw)
+    ]
     return outputs, state_fw, state_bw

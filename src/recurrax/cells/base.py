@@ -4,8 +4,10 @@ A *cell* is any object with
 
 * ``cell(inputs, state) -> (output, new_state)`` called on a whole batch:
   ``inputs`` is ``[batch, input_size]``, ``state`` a nest of ``[batch, n]`` arrays;
-* ``state_size``: an ``int`` or a nest of ints (tuples, :class:`LSTMStateTuple`);
-* ``output_size``: an ``int`` or a nest of ints.
+* ``state_size``: an ``int`` or a nest of ints (tuples, :class:`LSTMStateTuple`); a leaf may
+  also be a :class:`~recurrax.TensorShape` ``(d1, ..., dk)``, an array ``[batch, d1, ..., dk]``
+  (a convolutional cell's ``[H, W, C]`` state), while a tuple of ints stays a nest of sizes;
+* ``output_size``: likewise.
 
 Optional attributes the runners use when present: ``zero_state(batch_size, dtype)`` (else zeros
 shaped by ``state_size``), ``input_size`` (checked against the inputs' feature size), ``dtype``
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .checks import check_batch_size, check_float_dtype, check_step, is_size_leaf
+from .shapes import size_shape
 
 __all__ = [
     "Cell",
@@ -60,11 +63,13 @@ class LSTMStateTuple(NamedTuple):
 
 
 def zero_state_for(state_size, batch_size: int, dtype) -> Any:
-    """Zeros of shape ``[batch_size, n]`` for every ``n`` in the nest ``state_size``."""
+    """Zeros of shape ``[batch_size, n]`` for every int ``n`` in the nest ``state_size``, and
+    ``[batch_size, *shape]`` for every :class:`~recurrax.TensorShape` (TF1's
+    ``_zero_state_tensors``)."""
     check_batch_size(batch_size)
     dtype = check_float_dtype(dtype, "dtype")
     return jax.tree_util.tree_map(
-        lambda n: jnp.zeros((batch_size, int(n)), dtype), state_size, is_leaf=is_size_leaf
+        lambda n: jnp.zeros((batch_size, *size_shape(n)), dtype), state_size, is_leaf=is_size_leaf
     )
 
 
@@ -164,7 +169,8 @@ class RNNCell(eqx.Module):
     """
 
     def zero_state(self, batch_size: int, dtype=None):
-        """Zeros shaped like ``state_size`` with a leading ``batch_size`` axis (``dtype``
+        """Zeros shaped like ``state_size`` with a leading ``batch_size`` axis: ``[batch, n]``
+        per int ``n``, ``[batch, *shape]`` per :class:`~recurrax.TensorShape` (``dtype``
         defaults to the cell's)."""
         return zero_state_for(
             self.state_size, batch_size, cell_dtype(self) if dtype is None else dtype
@@ -181,7 +187,8 @@ class RNNCell(eqx.Module):
         - ``batch_size``, ``dtype``: needed without ``inputs``; with ``inputs`` they must agree
           with it (``ValueError`` naming both otherwise).
 
-        **Returns:** the nest of ``[batch, n]`` zeros of :meth:`zero_state`.
+        **Returns:** the nest of ``[batch, n]`` (``[batch, *shape]``) zeros of
+        :meth:`zero_state`.
         """
         return self.zero_state(*initial_state_arguments(self, inputs, batch_size, dtype))
 
@@ -198,9 +205,16 @@ class Cell(RNNCell):
 
     num_units: int = eqx.field(static=True)
     input_size: int = eqx.field(static=True)
+    name: str | None = eqx.field(static=True, default=None)
     tf1_scope: ClassVar[str]
     tf1_variables: ClassVar[tuple[tuple[str, str], ...]]
     _dtype_weight: ClassVar[str] = "kernel"
+
+    @property
+    def variable_scope(self) -> str:
+        """The TF1 variable scope of the cell's weights: its ``name=`` when one was given (as a
+        TF1 layer's name sets its scope), else the class's ``tf1_scope``."""
+        return self.name or self.tf1_scope
 
     @property
     def dtype(self):
@@ -222,6 +236,6 @@ class Cell(RNNCell):
         check_step(type(self).__name__, inputs, self.input_size, self.state_size, state)
         recurrence = self.recurrence()
         rec, fold = recurrence.cell_weights(self)
-        with jax.named_scope(self.tf1_scope):
+        with jax.named_scope(self.variable_scope):
             output, new_state, _, _ = recurrence.step(rec, inputs, state, fold, slopes=False)
         return output, new_state

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .shapes import TensorShape, size_shape
+
 __all__ = [
     "check_activation",
     "check_batch_size",
@@ -30,12 +32,18 @@ __all__ = [
 
 
 def is_size_leaf(x) -> bool:
-    """Whether ``x`` is one size of a ``state_size`` / ``output_size`` nest (an int)."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    """Whether ``x`` is one size of a ``state_size`` / ``output_size`` nest: an int, or a
+    :class:`~recurrax.TensorShape` (a tuple or list of ints is a nest of sizes, as in TF1)."""
+    return isinstance(x, TensorShape) or (
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    )
 
 
 def size_to_str(size) -> str:
-    return str(jax.tree_util.tree_map(int, size, is_leaf=is_size_leaf))
+    def show(n):
+        return n if isinstance(n, TensorShape) else int(n)
+
+    return str(jax.tree_util.tree_map(show, size, is_leaf=is_size_leaf))
 
 
 def check_cell(cell, name: str = "cell") -> None:
@@ -121,6 +129,19 @@ def check_state_is_tuple(state_is_tuple, owner: str) -> None:
         )
 
 
+def check_scope_name(name, owner: str) -> str | None:
+    """TF1's ``name=`` of a cell: ``None`` (the class's own scope) or the variable scope its
+    weights are named under, a non-empty string."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip("/"):
+        raise TypeError(
+            f"{owner}: name must be None or a non-empty string, the TF1 variable scope of the "
+            f"cell's weights (e.g. 'basic_lstm_cell'); got {name!r}."
+        )
+    return name.strip("/")
+
+
 def check_kwargs(owner: str, kwargs: dict, init, notes: dict[str, str] | None = None) -> None:
     """A ``TypeError`` for the first unknown keyword in ``kwargs``, naming the closest argument
     of ``init`` (or of ``notes``, TF1 arguments recurrax spells differently, each with its
@@ -161,7 +182,8 @@ def _shapes(tree) -> str:
 
 def check_state(name: str, state_size, batch: int, state) -> None:
     """A ``ValueError`` unless ``state`` has one ``[batch, n]`` array per size ``n`` of
-    ``state_size``, in its structure (static shapes only: nothing is computed)."""
+    ``state_size`` (``[batch, *shape]`` per :class:`~recurrax.TensorShape`), in its structure
+    (static shapes only: nothing is computed)."""
     sizes = jax.tree_util.tree_leaves(state_size, is_leaf=is_size_leaf)
     if is_size_leaf(state_size):
         parts = None if isinstance(state, (tuple, list, dict)) or state is None else [state]
@@ -170,11 +192,15 @@ def check_state(name: str, state_size, batch: int, state) -> None:
     else:
         parts = None
     if parts is not None and all(
-        not isinstance(p, (tuple, list, dict)) and p is not None and np.shape(p) == (batch, n)
+        not isinstance(p, (tuple, list, dict))
+        and p is not None
+        and np.shape(p) == (batch, *size_shape(n))
         for p, n in zip(parts, sizes)
     ):
         return
-    want = jax.tree_util.tree_map(lambda n: (batch, int(n)), state_size, is_leaf=is_size_leaf)
+    want = jax.tree_util.tree_map(
+        lambda n: (batch, *size_shape(n)), state_size, is_leaf=is_size_leaf
+    )
     raise ValueError(
         f"{name}: state must have shape {want} ([batch, state size], batch {batch} from the "
         f"inputs); got {_shapes(state)}. Build it with cell.zero_state(batch_size, dtype)."
@@ -186,11 +212,19 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def check_step(name: str, inputs, input_size: int, state_size, state) -> None:
-    """A cell's call: ``inputs [batch, input_size]`` and a ``state`` matching ``state_size``
-    for that batch (shapes only, static: also under ``jax.jit``)."""
+def check_step(name: str, inputs, input_size, state_size, state) -> None:
+    """A cell's call: ``inputs [batch, input_size]`` (``[batch, *input_size]`` for a
+    :class:`~recurrax.TensorShape` ``input_size``) and a ``state`` matching ``state_size`` for
+    that batch (shapes only, static: also under ``jax.jit``)."""
     shape = np.shape(inputs)
-    if len(shape) != 2 or shape[-1] != input_size:
+    if isinstance(input_size, TensorShape):
+        if len(shape) < 1 or tuple(shape[1:]) != input_size.dims:
+            want = ", ".join(["batch", *map(str, input_size)])
+            raise ValueError(
+                f"{name}: inputs must have shape [{want}] ([batch, *input_size], input_size="
+                f"{input_size}); got {tuple(shape)}."
+            )
+    elif len(shape) != 2 or shape[-1] != input_size:
         raise ValueError(
             f"{name}: inputs must have shape [batch, input_size={input_size}]; got {tuple(shape)}."
         )

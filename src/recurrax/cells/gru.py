@@ -19,6 +19,7 @@ from .checks import (
     check_key,
     check_kwargs,
     check_positive_int,
+    check_scope_name,
 )
 from .initializers import check_initializer, glorot_uniform, init_weight, ones_init, zeros_init
 from .recurrence import flat, input_rows, is_zero, pre_activation, previous, times, with_slope
@@ -102,8 +103,9 @@ class GRUCell(Cell):
     ``activation`` (default ``jnp.tanh``, also for ``None``), ``dtype`` (default float32), and
     TF1's ``kernel_initializer`` and ``bias_initializer``: JAX initializers ``(key, shape,
     dtype) -> array`` for both kernels (default Glorot-uniform) and both biases (default: ones
-    for the gates, zeros for the candidate, as in TF1). ``reuse`` and ``name`` are accepted
-    for ported TF1 code and have no effect; an unknown keyword is a ``TypeError`` naming the
+    for the gates, zeros for the candidate, as in TF1). ``name`` is, as in TF1, the variable
+    scope of the weights' TF1 names (default ``gru_cell``); ``reuse`` is accepted for ported
+    TF1 code and has no effect; an unknown keyword is a ``TypeError`` naming the
     closest argument.
 
     **Weights:** ``gates_kernel [input_size + u, 2u]``, ``gates_bias [2u]`` (ones),
@@ -153,6 +155,7 @@ class GRUCell(Cell):
             GRUCell.__init__,
             {**KERNEL_INITIALIZER_NOTES, **ONE_ARRAY_STATE_NOTES},
         )
+        self.name = check_scope_name(name, "GRUCell")
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")

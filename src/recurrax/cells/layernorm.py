@@ -20,6 +20,7 @@ from .checks import (
     check_key,
     check_kwargs,
     check_positive_int,
+    check_scope_name,
     check_step,
 )
 from .initializers import glorot_uniform
@@ -71,7 +72,8 @@ class LayerNormBasicLSTMCell(Cell):
       units are scaled by ``1 / dropout_keep_prob``); 1.0 disables dropout. To evaluate,
       rebuild the cell with 1.0 (the probability is static configuration).
     - ``activation``: default ``jnp.tanh``; ``dtype``: the weights' dtype (default float32).
-    - ``reuse``, ``name``: TF1's arguments, accepted for ported code; they have no effect.
+    - ``name``: as in TF1, the variable scope of the weights' TF1 names (default
+      ``layer_norm_basic_lstm_cell``); ``reuse``: accepted for ported code, no effect.
       TF1's ``dropout_prob_seed`` is ``key`` here.
 
     **Where the masks come from**, as for :class:`~recurrax.DropoutWrapper`: in a call
@@ -138,6 +140,7 @@ class LayerNormBasicLSTMCell(Cell):
         **kwargs,
     ):
         check_kwargs("LayerNormBasicLSTMCell", kwargs, LayerNormBasicLSTMCell.__init__, _NOTES)
+        self.name = check_scope_name(name, "LayerNormBasicLSTMCell")
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")
@@ -201,7 +204,7 @@ class LayerNormBasicLSTMCell(Cell):
         check_step(type(self).__name__, inputs, self.input_size, self.state_size, state)
         c, h = state
         sigmoid = jax.nn.sigmoid
-        with jax.named_scope(self.tf1_scope):
+        with jax.named_scope(self.variable_scope):
             z = jnp.concatenate([inputs, h], axis=-1) @ self.kernel  # (B, 4u)
             if self.bias is not None:
                 z = z + self.bias

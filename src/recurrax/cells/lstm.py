@@ -20,6 +20,7 @@ from .checks import (
     check_kwargs,
     check_positive_int,
     check_real,
+    check_scope_name,
     check_state_is_tuple,
 )
 from .initializers import check_initializer, glorot_uniform, init_weight, zeros_init
@@ -157,7 +158,8 @@ class BasicLSTMCell(Cell):
     for ``None``), ``dtype``, and ``kernel_initializer``, ``bias_initializer``: JAX initializers
     ``(key, shape, dtype) -> array`` (default Glorot-uniform and zeros; they stand in for a TF1
     variable scope's initializer). TF1's ``state_is_tuple`` must be ``True`` (its default);
-    ``reuse`` and ``name`` are accepted and have no effect. An unknown keyword is a
+    ``name`` is, as in TF1, the variable scope of the weights' TF1 names (default
+    ``basic_lstm_cell``); ``reuse`` is accepted and has no effect. An unknown keyword is a
     ``TypeError`` naming the closest argument.
 
     **Weights:** ``kernel [input_size + u, 4u]``, ``bias [4u]`` (zeros); TF1:
@@ -196,6 +198,7 @@ class BasicLSTMCell(Cell):
         **kwargs,
     ):
         check_kwargs("BasicLSTMCell", kwargs, BasicLSTMCell.__init__, KERNEL_INITIALIZER_NOTES)
+        self.name = check_scope_name(name, "BasicLSTMCell")
         check_state_is_tuple(state_is_tuple, "BasicLSTMCell")
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
@@ -240,8 +243,10 @@ class LSTMCell(Cell):
     ``num_proj``; ``proj_clip`` (``None`` or ``>= 0``; ignored without ``num_proj``, as in TF1,
     and then stored as ``None``); ``num_unit_shards``, ``num_proj_shards`` (``None`` or 1: the
     weights are never sharded); ``forget_bias`` (NaN refused); ``state_is_tuple`` (must be
-    ``True``); ``activation`` (default ``jnp.tanh``, also for ``None``); ``reuse`` and ``name``
-    (no effect); ``dtype``. An unknown keyword is a ``TypeError`` naming the closest argument.
+    ``True``); ``activation`` (default ``jnp.tanh``, also for ``None``); ``name`` (the
+    variable scope of the weights' TF1 names, default ``lstm_cell``: ``name="basic_lstm_cell"``
+    reads a ``BasicLSTMCell``'s weights, as in TF1); ``reuse`` (no effect); ``dtype``. An
+    unknown keyword is a ``TypeError`` naming the closest argument.
 
     **Weights:** ``kernel [input_size + p, 4u]`` where ``p = num_proj or u``, ``bias [4u]``;
     with peepholes ``w_f_diag``, ``w_i_diag``, ``w_o_diag`` ``[u]``; with ``num_proj``
@@ -301,6 +306,7 @@ class LSTMCell(Cell):
         **kwargs,
     ):
         check_kwargs("LSTMCell", kwargs, LSTMCell.__init__, LSTM_INITIALIZER_NOTES)
+        self.name = check_scope_name(name, "LSTMCell")
         check_state_is_tuple(state_is_tuple, "LSTMCell")
         for arg, shards in (
             ("num_unit_shards", num_unit_shards),

@@ -19,6 +19,7 @@ from .checks import (
     check_key,
     check_kwargs,
     check_positive_int,
+    check_scope_name,
 )
 from .initializers import check_initializer, glorot_uniform, init_weight, zeros_init
 from .recurrence import input_rows, is_zero, pre_activation, previous, times, with_slope
@@ -73,8 +74,9 @@ class BasicRNNCell(Cell):
       array`` for the kernel (default Glorot-uniform, TF1's) and the bias (default zeros), e.g.
       :func:`~recurrax.random_uniform_initializer`. They stand in for the
       initializer of a TF1 variable scope.
-    - ``reuse``, ``name``: TF1's arguments, accepted for ported code; they have no effect (the
-      cell object is its weights; TF1 names come from ``tf1_scope``).
+    - ``name``: as in TF1, the variable scope of the weights' TF1 names (default
+      ``basic_rnn_cell``); ``reuse``: accepted for ported code, no effect (the cell object is
+      its weights).
 
     An unknown keyword is a ``TypeError`` naming the closest argument.
 
@@ -116,6 +118,7 @@ class BasicRNNCell(Cell):
             BasicRNNCell.__init__,
             {**KERNEL_INITIALIZER_NOTES, **ONE_ARRAY_STATE_NOTES},
         )
+        self.name = check_scope_name(name, "BasicRNNCell")
         self.num_units = u = check_positive_int(num_units, "num_units")
         self.input_size = n = check_positive_int(input_size, "input_size")
         dtype = check_float_dtype(dtype, "dtype")

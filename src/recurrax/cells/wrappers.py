@@ -26,8 +26,10 @@ from .checks import (
     check_key,
     check_kwargs,
     check_state_is_tuple,
+    is_size_leaf,
     size_to_str,
 )
+from .shapes import TensorShape, size_shape
 
 __all__ = ["MultiRNNCell", "DropoutWrapper", "ResidualWrapper"]
 
@@ -60,7 +62,7 @@ class MultiRNNCell(RNNCell):
             check_cell(cell, f"cells[{k}]")
         for k in range(len(cells) - 1):
             out, nxt = cells[k].output_size, getattr(cells[k + 1], "input_size", None)
-            if nxt is not None and isinstance(out, int) and out != nxt:
+            if _sizes_differ(out, nxt):
                 raise ValueError(
                     f"MultiRNNCell layers do not chain: cells[{k}].output_size={out} but "
                     f"cells[{k + 1}].input_size={nxt}. Build layer {k + 1} with input_size={out}."
@@ -115,6 +117,16 @@ class MultiRNNCell(RNNCell):
         return x, tuple(new_states)
 
 
+def _sizes_differ(out, nxt) -> bool:
+    """Whether an ``output_size`` and the next ``input_size`` are both known sizes (ints or
+    :class:`~recurrax.TensorShape`) that describe different per-row shapes."""
+    if nxt is None:
+        return False
+    if isinstance(out, TensorShape) or isinstance(nxt, TensorShape):
+        return is_size_leaf(out) and is_size_leaf(nxt) and size_shape(out) != size_shape(nxt)
+    return isinstance(out, int) and out != nxt
+
+
 def check_keep_prob(name: str, p) -> float:
     # A Python or NumPy number; not an array, since it is static configuration.
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
@@ -131,10 +143,11 @@ def check_keep_prob(name: str, p) -> float:
 
 def dropout(x, keep_prob: float, key, variational: bool = False):
     """Keep each unit with probability ``keep_prob``, scaled by ``1 / keep_prob``. Variational
-    masks have shape ``[1, n]`` (TF1's): one mask for every row of the batch."""
+    masks have shape ``[1, *shape]`` for ``x [batch, *shape]`` (TF1's ``[1, n]`` for
+    ``[batch, n]``): one mask for every row of the batch."""
     if keep_prob >= 1.0:
         return x
-    shape = (*(1,) * (x.ndim - 1), x.shape[-1]) if variational else x.shape
+    shape = (1, *x.shape[1:]) if variational else x.shape
     mask = jax.random.bernoulli(key, keep_prob, shape)
     return jnp.where(mask, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
@@ -183,8 +196,10 @@ class DropoutWrapper(_Wrapper):
     - ``input_keep_prob``, ``output_keep_prob``, ``state_keep_prob``: probabilities in ``(0, 1]``
       of keeping each unit (kept units are scaled by ``1 / keep_prob``); ``1.0`` disables.
     - ``variational_recurrent``: if ``True`` (Gal & Ghahramani 2016, as TF1) each mask has shape
-      ``[1, size]``: the same mask for every row of the batch and every time step of a run;
-      otherwise each unit of each row draws its own, fresh per step.
+      ``[1, size]`` (``[1, *shape]`` for an array ``[batch, *shape]``, a
+      :class:`~recurrax.TensorShape` state or output): the same mask for every row of the batch
+      and every time step of a run; otherwise each unit of each row draws its own, fresh per
+      step.
     - ``input_size``, ``dtype``: TF1 needs them for variational masks; recurrax reads the sizes
       from the data and accepts them for ported code (a known ``input_size`` must agree with the
       cell's).
@@ -295,7 +310,14 @@ class DropoutWrapper(_Wrapper):
             return call_cell(self.cell, inputs, state, key)
         k_in, k_state, k_out, k_cell = self._keys(key)
         variational = self.variational_recurrent
-        inputs = dropout(inputs, self.input_keep_prob, k_in, variational)
+        if jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(inputs)):
+            inputs = dropout(inputs, self.input_keep_prob, k_in, variational)
+        else:  # a nest of inputs (TF1 drops each leaf): a mask per leaf
+            inputs = jax.tree_util.tree_map(
+                lambda x, k: dropout(x, self.input_keep_prob, k, variational),
+                inputs,
+                _split_like(k_in, inputs),
+            )
         output, new_state = call_cell(self.cell, inputs, state, k_cell)
         output = jax.tree_util.tree_map(
             lambda x, k: dropout(x, self.output_keep_prob, k, variational),
@@ -328,6 +350,15 @@ def _dropout_state(state, keep_prob: float, key, variational: bool = False):
     return jax.tree_util.tree_unflatten(treedef, [apply(s, k) for s, k in zip(leaves, keys)])
 
 
+def _residual_sizes_differ(n_in, n_out) -> bool:
+    """Whether ``input_size`` and ``output_size`` differ; an int ``n`` and a
+    :class:`~recurrax.TensorShape` ``(n,)`` are the same size."""
+    shaped = isinstance(n_in, TensorShape) or isinstance(n_out, TensorShape)
+    if shaped and is_size_leaf(n_in) and is_size_leaf(n_out):
+        return size_shape(n_in) != size_shape(n_out)
+    return n_in != n_out
+
+
 class ResidualWrapper(_Wrapper):
     """Add the cell's inputs to its outputs: ``output = residual_fn(inputs, cell_output)``.
 
@@ -341,7 +372,7 @@ class ResidualWrapper(_Wrapper):
         check_kwargs("ResidualWrapper", kwargs, ResidualWrapper.__init__)
         check_cell(cell, "cell")
         n_in, n_out = getattr(cell, "input_size", None), cell.output_size
-        if residual_fn is None and n_in is not None and n_in != n_out:
+        if residual_fn is None and n_in is not None and _residual_sizes_differ(n_in, n_out):
             raise ValueError(
                 f"ResidualWrapper needs output_size == input_size to add inputs to outputs; "
                 f"got input_size={n_in}, output_size={size_to_str(n_out)}. Pass residual_fn "

@@ -43,11 +43,20 @@ def _fallback(cell, options: RunOptions) -> str:
     return "fused" if options.stores_all and supports_fused(cell) else "generic"
 
 
-def choose_path(cell, dtype, options: RunOptions) -> str:
+def choose_path(cell, dtype, options: RunOptions, nested: bool = False) -> str:
     """The path ``cell`` runs on: ``"generic"``, ``"fused"`` or ``"pallas"``. An
     ``implementation`` that cannot run this cell, dtype or option is a ``ValueError`` naming
-    what it does not support and the implementation that runs it."""
+    what it does not support and the implementation that runs it. ``nested`` inputs (a nest
+    of arrays) run on the generic loop: the other paths serve the built-in cells on one
+    array."""
     asked = options.implementation
+    if nested:
+        if asked in ("fused", "pallas"):
+            raise ValueError(
+                f"implementation={asked!r} runs built-in cells on one array of inputs; got a "
+                "nest of inputs. implementation='generic' runs it ('auto' picks the path)."
+            )
+        return "generic"
     if asked == "auto":
         return _fallback(cell, options)
     if asked == "fused":
@@ -77,12 +86,14 @@ def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
     """``(outputs, final_state)`` of ``cell`` over ``xs`` from ``state`` (all checked).
 
     ``xs`` is ``[B, T, I]`` (``[T, B, I]`` with ``options.time_major``) of dtype ``dtype``
-    (integer ids for a cell that takes them); ``sequence_length`` ``None`` or int32 ``[B]``
-    (maybe traced). Every path clears the inputs past each row's length before the cell reads
-    them (padding may hold NaN). ``T = 0`` runs no step: zero-length outputs, the initial state.
+    (integer ids for a cell that takes them), or a nest of such arrays sharing ``B`` and ``T``
+    (generic loop only); ``sequence_length`` ``None`` or int32 ``[B]`` (maybe traced). Every
+    path clears the inputs past each row's length before the cell reads them (padding may hold
+    NaN). ``T = 0`` runs no step: zero-length outputs, the initial state.
     """
-    path = choose_path(cell, dtype, options)
-    time = xs.shape[options.axis]
+    leaves = jax.tree_util.tree_leaves(xs)
+    path = choose_path(cell, dtype, options, nested=len(leaves) != 1 or leaves[0] is not xs)
+    time = leaves[0].shape[options.axis]
     if time == 0:
         return _no_steps(cell, xs, state, dtype, options), state
     if path == "pallas":
@@ -104,6 +115,9 @@ def run_cell(cell, xs, state, dtype, sequence_length, options: RunOptions):
 
 def _no_steps(cell, xs, state, dtype, options: RunOptions):
     """The outputs of a run over zero steps: zeros with a time axis of length 0."""
-    x0 = jax.ShapeDtypeStruct(xs.shape[: options.axis] + xs.shape[options.axis + 1 :], xs.dtype)
+    axis = options.axis
+    x0 = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1 :], x.dtype), xs
+    )
     out = jax.eval_shape(lambda x, s: masked_step(cell, x, s, 0, None, dtype)[0], x0, state)
     return time_buffer(out, 0, axis=options.axis)

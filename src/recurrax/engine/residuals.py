@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Jaxpr, Literal
 
+from .timeaxis import carried_cotangents, float0_cotangents
+
 __all__ = ["StepResiduals", "shapes_of", "nbytes"]
 
 tree_leaves = jax.tree_util.tree_leaves
@@ -69,6 +71,7 @@ class StepResiduals:
             *shapes_of((p, fixed, s, x)), t0
         )
         self.closed, self.pull_tree = closed, box["tree"]
+        self.out_shapes, self.state_shapes = out, shapes_of(s)
         self.n_out, self.out_tree = len(tree_leaves(out)), jax.tree_util.tree_structure(out)
         jaxpr = closed.jaxpr
         n_fixed = len(tree_leaves((p, fixed)))
@@ -122,4 +125,6 @@ class StepResiduals:
         x_leaves = tree_leaves(x)
         picked = {"i": invariant, "s": stored, "x": x_leaves}
         leaves = [t if k[0] == "t" else picked[k[0]][k[1]] for k in self.kinds]
-        return jax.tree_util.tree_unflatten(self.pull_tree, leaves)(cts)
+        pull = jax.tree_util.tree_unflatten(self.pull_tree, leaves)
+        dp, ds, dx = pull(float0_cotangents(cts, self.out_shapes))
+        return dp, carried_cotangents(ds, self.state_shapes), dx

@@ -12,12 +12,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = [
     "Loop",
     "add",
     "at_time",
+    "carried_cotangents",
+    "float0_cotangents",
     "fori",
     "merge",
     "pad_time",
@@ -63,31 +66,42 @@ def fori(lo, hi, body, carry, unroll: int = 1, reverse: bool = False):
     return carry
 
 
+def _along(a, axis: int) -> int:
+    """The time axis of leaf ``a``: ``axis``, or 0 for ``[T]``, the steps of an unbatched
+    (rank-0) value, which has no batch axis to come first (TF1 leaves those unmoved too)."""
+    return min(axis, jnp.ndim(a) - 1)
+
+
 def at_time(tree, t, axis: int = 0):
     """Step ``t`` of every leaf whose time runs along ``axis`` (``[T, ...]`` by default)."""
-    return tree_map(lambda a: lax.dynamic_index_in_dim(a, t, axis, keepdims=False), tree)
+    return tree_map(lambda a: lax.dynamic_index_in_dim(a, t, _along(a, axis), keepdims=False), tree)
 
 
 def set_time(tree, values, t, axis: int = 0):
     """Every leaf (time along ``axis``) with step ``t`` replaced by the matching leaf of
     ``values``, in place."""
     return tree_map(
-        lambda a, v: lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), t, axis), tree, values
+        lambda a, v: lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), t, _along(a, axis)),
+        tree,
+        values,
     )
 
 
 def time_buffer(shapes, length: int, host: bool = False, axis: int = 0):
     """Zeros per leaf with a time axis of ``length`` inserted at ``axis`` (``[length, *shape]``
     by default), in pinned host memory when ``host``."""
-    bufs = tree_map(
-        lambda s: jnp.zeros((*s.shape[:axis], length, *s.shape[axis:]), s.dtype), shapes
-    )
+
+    def zeros(s):
+        at = min(axis, len(s.shape))  # a rank-0 value's steps are [length]
+        return jnp.zeros((*s.shape[:at], length, *s.shape[at:]), s.dtype)
+
+    bufs = tree_map(zeros, shapes)
     return to_host(bufs) if host else bufs
 
 
 def time_first(tree, axis: int):
     """Time-major leaves from leaves with time along ``axis`` (0 or 1), and back."""
-    return tree if axis == 0 else tree_map(lambda a: jnp.swapaxes(a, 0, 1), tree)
+    return tree if axis == 0 else tree_map(lambda a: jnp.swapaxes(a, 0, _along(a, 1)), tree)
 
 
 def pad_time(a, steps: int, axis: int):
@@ -112,6 +126,30 @@ def add(a, b):
 def zeros_like(shapes):
     """Zeros for every ``jax.ShapeDtypeStruct`` leaf."""
     return tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _exact(a) -> bool:
+    return not jnp.issubdtype(jnp.result_type(a), jnp.inexact)
+
+
+def float0_cotangents(cts, like):
+    """``cts`` for ``jax.vjp``'s pullback: the cotangent of every integer or boolean leaf of
+    ``like`` (the primal outputs) as zeros of JAX's ``float0``.
+
+    The reverse loops carry the cotangent of an integer state leaf (a step counter) as zeros of
+    the leaf's own dtype, so that the carry keeps its types from step to step;
+    :func:`carried_cotangents` turns the pullback's ``float0`` back into those."""
+    return tree_map(
+        lambda c, a: np.zeros(jnp.shape(a), jax.dtypes.float0) if _exact(a) else c, cts, like
+    )
+
+
+def carried_cotangents(cts, like):
+    """The pullback's cotangents of the state ``like`` with every integer or boolean leaf as
+    zeros of its own dtype (see :func:`float0_cotangents`)."""
+    return tree_map(
+        lambda c, a: jnp.zeros(jnp.shape(a), jnp.result_type(a)) if _exact(a) else c, cts, like
+    )
 
 
 def merge(mask, yes, no):
@@ -160,8 +198,10 @@ class Loop(NamedTuple):
 
     def vjp(self, p, fixed, s, t, cts):
         """``(ct_p, ct_s, ct_x)`` of step ``t`` from state ``s``, recomputing its internals."""
-        _, pull = jax.vjp(lambda p, s, x: self.g(p, fixed, s, x, t), p, s, self.x(t))
-        return pull(cts)
+        x = self.x(t)
+        out, pull = jax.vjp(lambda p, s, x: self.g(p, fixed, s, x, t), p, s, x)
+        dp, ds, dx = pull(float0_cotangents(cts, out))
+        return dp, carried_cotangents(ds, s), dx
 
     def reverse_step(self, c, t, grads, want_dx: bool):
         """Fold one step's ``(ct_p, ct_s, ct_x)`` into the reverse carry

@@ -61,7 +61,7 @@ def variable_entries(cell, prefix: str, where: tuple) -> list[tuple[str, tuple]]
         return out
     if isinstance(cell, (DropoutWrapper, ResidualWrapper)):
         return variable_entries(cell.cell, prefix, (*where, "cell"))
-    scope = getattr(type(cell), "tf1_scope", None)
+    scope = getattr(cell, "variable_scope", None) or getattr(type(cell), "tf1_scope", None)
     variables = getattr(type(cell), "tf1_variables", None)
     if scope is None or variables is None:
         raise TypeError(

@@ -1,4 +1,11 @@
-import jax
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n N` several test processes share one machine: on a GPU, let each allocate
+    # memory as it needs it instead of reserving most of the device up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -7,7 +7,7 @@ import pytest
 
 from recurrax.apps.cli import build_parser, main
 
-APP_DEPENDENCIES = {"optax", "sklearn", "matplotlib", "rich", "torch", "flax"}
+APP_DEPENDENCIES = {"optax", "sklearn", "matplotlib", "rich", "torch", "flax", "orbax"}
 
 
 def _python(code: str) -> str:

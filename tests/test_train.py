@@ -18,7 +18,7 @@ import recurrax.apps.options as options
 import recurrax.apps.train as trainer
 from recurrax.apps.cli import main
 from recurrax.apps.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
-from recurrax.io.checkpoint import checkpoint_path
+from recurrax.io.checkpoint import checkpoint_path, checkpoint_steps
 
 # 1438 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
 TINY = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
@@ -30,6 +30,13 @@ def _bits(tree):
     return [
         np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_array))
     ]
+
+
+def _files(directory):
+    """Every file under ``directory`` with its bytes: what "nothing was written" compares."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,9 @@ def test_resume_is_bit_identical(interrupted, straight, tmp_path):
     directory, first = interrupted
     assert first.step == 7
     shutil.copytree(directory, tmp_path / "run")
-    resumed = train(TINY, save_dir=tmp_path / "run", resume=True)
+    resumed = train(TINY, save_dir=tmp_path / "run", resume=True, keep=2)
     assert resumed.step == straight.step == 44
+    assert checkpoint_steps(tmp_path / "run") == [22, 44]  # one per epoch, the last 2 kept
     assert _bits(resumed.model) == _bits(straight.model)
     assert _bits(resumed.opt_state) == _bits(straight.opt_state)
     assert _bits(first.model) != _bits(straight.model)
@@ -68,18 +76,25 @@ def test_resume_refuses_other_settings_or_a_damaged_checkpoint(interrupted, tmp_
     directory, _ = interrupted
     run = tmp_path / "run"
     shutil.copytree(directory, run)
-    before = checkpoint_path(run).read_bytes()
+    metadata = checkpoint_path(run) / "meta" / "metadata"  # the step's JSON metadata
+    before = metadata.read_bytes()
     other = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.9)
     with pytest.raises(ValueError, match="keep_prob: checkpoint has 0.8, this run has 0.9"):
         train(other, save_dir=run, resume=True)
-    checkpoint_path(run).write_bytes(before[:-100])
-    with pytest.raises(ValueError, match="is truncated"):
+    metadata.write_bytes(before[:-100])
+    with pytest.raises(ValueError, match="is corrupted or incomplete"):
         train(TINY, save_dir=run, resume=True)
-    assert checkpoint_path(run).read_bytes() == before[:-100]  # nothing overwritten
+    assert metadata.read_bytes() == before[:-100]  # nothing overwritten
+    assert checkpoint_steps(run) == [7]
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train(TINY, save_dir=tmp_path / "empty", resume=True)
     with pytest.raises(ValueError, match="resume=True needs save_dir"):
         train(TINY, resume=True)
+    with pytest.raises(ValueError, match=r"holds the checkpoints of another run already \(the"):
+        train(TINY, save_dir=run)  # a fresh run would mix with the one saved there
+    with pytest.raises(ValueError, match="keep must be a positive int or None"):
+        train(TINY, save_dir=tmp_path / "new", keep=0)
+    assert checkpoint_steps(run) == [7] and not (tmp_path / "new").exists()
 
 
 _DATA_PARALLEL = """
@@ -238,11 +253,17 @@ def test_cli_refuses_an_unusable_save_directory_before_any_work(tmp_path, capsys
     _one_line_error(capsys, f"recurrax train: error: --save {a_file}: it is a file, not a")
     assert main(["train", "--save", str(a_file / "sub")]) == 2
     _one_line_error(capsys, f"recurrax train: error: --save {a_file / 'sub'}: {a_file} is a file")
-    (tmp_path / "run" / "checkpoint.rcx").mkdir(parents=True)
+    # A directory that holds another run's checkpoints: a fresh run is refused (it would mix
+    # two runs, and the next save would be below the latest step), --resume continues it.
+    (tmp_path / "run" / "40" / "meta").mkdir(parents=True)
     assert main(["train", "--save", str(tmp_path / "run")]) == 2
-    _one_line_error(capsys, "recurrax train: error: --save ")
-    assert main(["train", "--save", str(tmp_path / "run"), "--resume"]) == 2
-    _one_line_error(capsys, "recurrax train: error: --save ")
+    _one_line_error(
+        capsys,
+        f"recurrax train: error: {tmp_path / 'run'} holds the checkpoints of another run "
+        "already (the latest at step 40): continue it with resume=True (--resume)",
+    )
+    assert main(["train", "--save", str(tmp_path / "run"), "--keep", "0"]) == 2
+    _one_line_error(capsys, "recurrax train: error: argument --keep: ")
 
 
 def test_cli_refuses_a_read_only_save_directory_before_any_work(
@@ -321,14 +342,14 @@ def test_a_non_finite_loss_stops_the_run_exit_1_and_saves_nothing(tmp_path, caps
         "--learning-rate.\n"
     )
     assert "test accuracy" not in captured.out
-    assert not checkpoint_path(save).exists()
+    assert checkpoint_steps(save) == []
 
 
 def test_a_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Diverging in epoch 2 of a run: the checkpoint of epoch 1 stays as it was."""
     config = TrainConfig(num_units=16, batch_size=64, epochs=2)
     train(config, save_dir=tmp_path, stop_after=22)
-    before = checkpoint_path(tmp_path).read_bytes()
+    before = _files(tmp_path)
     real_step = trainer._train_step
 
     def step_that_diverges(model, opt_state, batch, run_key, step, *rest):
@@ -339,7 +360,7 @@ def test_a_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, m
     with pytest.raises(NonFiniteLoss, match="became inf at step 31 of 44") as error:
         train(config, save_dir=tmp_path, resume=True)
     assert error.value.step == 31
-    assert checkpoint_path(tmp_path).read_bytes() == before
+    assert _files(tmp_path) == before
 
 
 # ---------------------------------------------------------------- Ctrl-C, exit 130 --
@@ -446,3 +467,12 @@ def test_a_real_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
     ckpt = recurrax.load_checkpoint(save, model=like.model, opt_state=like.opt_state)
     assert ckpt.step == int(found[1]) >= 22
     assert len(ckpt.history["loss"]) == ckpt.step
+
+
+def test_cli_without_orbax_refuses_save_before_any_work(tmp_path, capsys, no_work, monkeypatch):
+    """Checkpoints need the orbax-checkpoint extra: without it, --save is refused up front
+    (not at the end of the first epoch)."""
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)  # import fails
+    assert main([*TINY_ARGV, "--save", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "recurrax train: error: training checkpoints need orbax-checkpoint")
+    assert not (tmp_path / "run").exists()

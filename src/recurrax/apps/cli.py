@@ -2,6 +2,7 @@
 
     recurrax demo  [--lengths 2,10,50] [--cell rnn|gru|lstm] [--plot FILE.png]
     recurrax train [--task digits|sine] [--cell rnn|gru|lstm] [--save DIR [--resume]]
+                   [--num-processes N [--process-id I --coordinator HOST:PORT]]
     recurrax bench [--quick | --shape B,T,I,H] [--cells rnn,gru,lstm] [--json FILE]
 
 Each subcommand's options and its printing are here; the work is in :mod:`~recurrax.apps.demo`,
@@ -19,7 +20,9 @@ is not a bug (a training run whose loss became NaN) is one line and exit status 
 (:class:`~recurrax.apps.options.CommandError`); Ctrl-C is one line
 ``recurrax <command>: interrupted: ...`` and exit status 130 (``recurrax train`` saves its
 checkpoint first). Any other exception raised during the work is a bug, and keeps its
-traceback.
+traceback. ``recurrax train --num-processes N`` keeps to this in every process
+(:mod:`~recurrax.apps.launch`): a process that lost the others, or the launcher whose child
+failed, ends with one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ import argparse
 import os
 import shlex
 import sys
+import traceback
 
 from recurrax.cells.registry import BUILTIN
+from recurrax.io.checkpoint import DEFAULT_KEEP
 
+from .launch import joined
 from .options import (
     CommandError,
     Interrupted,
     Parser,
     UsageError,
+    address,
     lengths,
     names,
     need_pyplot,
@@ -132,6 +139,13 @@ def _add_train(sub) -> None:
     add("--save", metavar="DIR", default=None, help="write checkpoints to DIR (every epoch)")
     add("--resume", action="store_true", help="continue from the checkpoint in --save DIR")
     add(
+        "--keep",
+        type=positive("--keep"),
+        default=DEFAULT_KEEP,
+        metavar="N",
+        help=f"keep the last N checkpoints in --save DIR (default {DEFAULT_KEEP})",
+    )
+    add(
         "--stop-after",
         type=positive("--stop-after"),
         default=None,
@@ -140,11 +154,54 @@ def _add_train(sub) -> None:
     )
     add("--plot", metavar="FILE.png", default=None, help="draw loss and metric curves to FILE")
     add(
-        "--distributed",
-        action="store_true",
-        help="call jax.distributed.initialize() first (multi-host; reads the usual env vars)",
+        "--num-processes",
+        type=positive("--num-processes"),
+        default=1,
+        metavar="N",
+        help="train in N processes, data parallel through jax.distributed; without "
+        "--process-id, start all N on this machine (CPU, one device each) (default 1)",
+    )
+    add(
+        "--process-id",
+        type=int,
+        default=None,
+        metavar="I",
+        help="with --coordinator: run only process I (0 to N-1) of the N, on this machine "
+        "(one command per machine)",
+    )
+    add(
+        "--coordinator",
+        type=address("--coordinator"),
+        default=None,
+        metavar="HOST:PORT",
+        help="where process 0 listens and the others join (HOST: process 0's machine)",
+    )
+    add(
+        "--coordinator-timeout",
+        type=seconds("--coordinator-timeout", positive=True),
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when the N processes have not all joined within this time (default 60)",
     )
     train.set_defaults(run=run_train_cli)
+
+
+def _train_config(args: argparse.Namespace):
+    """The :class:`~.train.TrainConfig` of the command's options (``ValueError`` if bad)."""
+    from .train import TrainConfig
+
+    return TrainConfig(
+        task=args.task,
+        cell=args.cell,
+        mode=args.mode,
+        num_units=args.num_units,
+        num_layers=args.num_layers,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        keep_prob=args.keep_prob,
+        seed=args.seed,
+    )
 
 
 def run_train_cli(args: argparse.Namespace, echo=print) -> int:
@@ -152,46 +209,58 @@ def run_train_cli(args: argparse.Namespace, echo=print) -> int:
 
     A diverged run (:class:`~.train.NonFiniteLoss`) ends with exit status 1; Ctrl-C
     (:class:`~.train.TrainingInterrupted`) with 130, after saving to ``--save``.
-    """
-    from recurrax.io.checkpoint import FILENAME
 
-    save_directory(args.save, FILENAME)
-    need_pyplot(args.plot)
+    Several processes (:mod:`~recurrax.apps.launch`): ``--num-processes N`` alone starts N
+    children of this command on this machine and returns their status; with ``--process-id``
+    and ``--coordinator`` this process joins the run first, and only process 0 prints.
+    """
+    from .launch import join, plan, run_local
+
+    form = plan(args.num_processes, args.process_id, args.coordinator, args.batch_size)
+    lead = args.process_id in (None, 0)  # the process that prints and plots
+    progress = args.progress if lead else "none"
+    if not lead:
+        echo = _quiet
+    save_directory(args.save)
+    need_pyplot(args.plot if lead else None)
+    try:
+        config = _train_config(args)
+    except (ValueError, ImportError) as e:  # the settings, the train extra
+        raise UsageError(str(e)) from None
+    if form == "launch":
+        return run_local(args.argv, args.num_processes)
+    if form == "join":  # imports JAX, but nothing has touched a device yet
+        join(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
 
     import jax
 
     from .plots import plot_history
-    from .train import NonFiniteLoss, TrainConfig, TrainingInterrupted, fit, prepare
+    from .train import NonFiniteLoss, TrainingInterrupted, fit, prepare
 
-    if args.distributed:
-        jax.distributed.initialize()
     try:
-        config = TrainConfig(
-            task=args.task,
-            cell=args.cell,
-            mode=args.mode,
-            num_units=args.num_units,
-            num_layers=args.num_layers,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            keep_prob=args.keep_prob,
-            seed=args.seed,
-        )
-        run = prepare(config, save_dir=args.save, resume=args.resume)
+        run = prepare(config, save_dir=args.save, resume=args.resume, keep=args.keep)
     except (ValueError, FileNotFoundError, ImportError) as e:  # the settings, files, extras
         raise UsageError(str(e)) from None
     devices = jax.devices()
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     echo(
         f"task {config.task}: {config.cell} x{config.num_layers} ({config.num_units} units), "
         f"{config.mode}_rnn, {config.epochs} epochs, global batch {config.batch_size} over "
-        f"{len(devices)} {devices[0].platform} device(s)"
+        f"{len(devices)} {devices[0].platform} device(s){processes}"
     )
     try:
-        result = fit(run, stop_after=args.stop_after, progress=args.progress, echo=echo)
+        result = fit(run, stop_after=args.stop_after, progress=progress, echo=echo)
     except NonFiniteLoss as e:
         message = str(e).replace("a smaller learning rate", "a smaller --learning-rate")
         raise CommandError(message) from None
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1 or not _lost_peer(str(e)):
+            raise
+        raise CommandError(
+            f"process {jax.process_index()} of {jax.process_count()} lost the others "
+            f"({str(e).splitlines()[0]}): another process of the run failed or was stopped; "
+            "see its output."
+        ) from None
     except TrainingInterrupted as e:
         where = f"after step {e.step} of {e.total_steps}"
         raise Interrupted(
@@ -203,7 +272,7 @@ def run_train_cli(args: argparse.Namespace, echo=print) -> int:
         f"trained to step {result.step} of {result.total_steps} in {result.seconds:.1f} s "
         "of wall time"
     )
-    if args.plot:
+    if args.plot and lead:
         plot_history(result.history, args.plot, result.metric_name, result.baseline)
         echo(f"plot written to {args.plot}")
     if result.test_metric is None:
@@ -216,6 +285,15 @@ def run_train_cli(args: argparse.Namespace, echo=print) -> int:
     else:
         echo(f"test accuracy: {result.test_metric:.4f}")
     return 0
+
+
+def _lost_peer(message: str) -> bool:
+    """Whether a JAX runtime error says that another process of the run has gone."""
+    return any(sign in message for sign in ("Connection closed by peer", "Gloo", "heartbeat"))
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The ``echo`` of processes other than 0 in a multi-process run: they print nothing."""
 
 
 # ----------------------------------------------------------------------------------- bench --
@@ -334,19 +412,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``recurrax`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run ``recurrax`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    A process of a multi-process run (:mod:`~recurrax.apps.launch`) that fails does not
+    return: it ends at once with its status (after its error line, or its traceback for a
+    bug), as the other processes may never reach the farewell ``jax.distributed`` waits for
+    at exit.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
         return _fail(e.prog or "recurrax", e)
     args.command_line = shlex.join(["recurrax", *argv])
+    args.argv = argv
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
     except CommandError as e:
-        return _fail(e.prog or f"recurrax {args.command}", e)
+        status = _fail(e.prog or f"recurrax {args.command}", e)
     except KeyboardInterrupt:
-        return _fail(f"recurrax {args.command}", Interrupted("stopped by Ctrl-C."))
+        status = _fail(f"recurrax {args.command}", Interrupted("stopped by Ctrl-C."))
+    except Exception:
+        if not joined():
+            raise
+        traceback.print_exc()
+        status = 1
+    if status and joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _fail(prog: str, error: CommandError) -> int:

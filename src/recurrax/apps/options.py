@@ -7,8 +7,8 @@
   printing its usage and exiting; :func:`recurrax.apps.cli.main` prints any
   :class:`UsageError` as one line ``recurrax <command>: error: <message>`` and returns 2;
 - argument types that check a value where it is read (``--lengths``, ``--shape``, seconds,
-  positive counts, ``--seed``, lists of names), and the checks made before a command's work
-  starts (:func:`need_pyplot`, :func:`writable`, :func:`save_directory`);
+  positive counts, ``--seed``, lists of names, ``HOST:PORT``), and the checks made before a
+  command's work starts (:func:`need_pyplot`, :func:`writable`, :func:`save_directory`);
 - :class:`CommandError`, the base of :class:`UsageError`: a failure during the work that is
   not a bug (exit status 1), or an interruption (:class:`Interrupted`, exit status 130).
 """
@@ -31,6 +31,7 @@ __all__ = [
     "lengths",
     "shape",
     "seconds",
+    "address",
     "positive",
     "names",
     "seed_option",
@@ -127,17 +128,41 @@ def shape(text: str) -> tuple[int, int, int, int]:
     return shape
 
 
-def seconds(name: str):
-    """The type of option ``name``: a number of seconds ``>= 0``."""
+def seconds(name: str, *, positive: bool = False):
+    """The type of option ``name``: a number of seconds ``>= 0``; with ``positive``, a finite
+    number ``> 0`` (a timeout)."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = float("nan")
+        if positive and not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a finite number of seconds > 0; got {text!r}."
+            )
         if not value >= 0:
             raise argparse.ArgumentTypeError(f"{name} must be seconds >= 0; got {text!r}.")
         return value
+
+    return parse
+
+
+def address(name: str):
+    """The type of option ``name``: ``HOST:PORT``, a host name or an address (IPv6 in brackets,
+    ``[::1]:8476``) and a port from 1 to 65535."""
+
+    def parse(text: str) -> str:
+        host, _, port = text.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]")
+        if not host or (":" in host and not bracketed) or not port.isdigit():
+            port = "0"
+        if not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be HOST:PORT, e.g. 10.0.0.1:8476 or [::1]:8476, with a port from "
+                f"1 to 65535; got {text!r}."
+            )
+        return text
 
     return parse
 
@@ -203,21 +228,15 @@ def writable(path, option: str) -> None:
         raise UsageError(f"{option} {path}: its directory {parent} is not writable.")
 
 
-def save_directory(path, filename: str, option: str = "--save") -> None:
-    """Fail before any work when the directory ``path`` cannot hold the file ``filename``:
-    ``path`` is a file, or is (or would be created in) a directory that is not writable, or
-    ``path/filename`` is a directory."""
+def save_directory(path, option: str = "--save") -> None:
+    """Fail before any work when ``path`` cannot be a directory this process writes to: it is
+    a file, or is (or would be created in) a directory that is not writable."""
     if path is None:
         return
     directory = Path(path)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{option} {path}: it is a file, not a directory.")
     if directory.is_dir():
-        if (directory / filename).is_dir():
-            raise UsageError(
-                f"{option} {path}: {directory / filename} is a directory, where the checkpoint "
-                "file should go; remove it or save to another directory."
-            )
         if not _can_write(directory):
             raise UsageError(f"{option} {path}: the directory is not writable.")
         return

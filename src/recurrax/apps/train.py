@@ -9,8 +9,10 @@ the checkpoint to resume from) then :func:`fit` (the steps).
 The training step is data parallel: each global batch is split over all devices along a
 ``"data"`` mesh axis (``jax.sharding``), the parameters and optimizer state are replicated, and
 the loss is a mean over the whole global batch, so any number of devices computes the same
-update as one (up to the order of float additions). Under ``jax.distributed`` the mesh spans the
-devices of every host and each host feeds its own slice of the global batch.
+update as one (up to the order of float additions). Under ``jax.distributed`` (``recurrax train
+--num-processes``, :mod:`recurrax.apps.launch`) the mesh spans the devices of every process and
+each process feeds its own slice of the global batch; every process saves and loads the
+checkpoints (collectively).
 
 Everything random is a function of the seed: the initial weights of ``key(seed)``, the dropout
 masks of step ``s`` of ``fold_in(key, s)``, the batch of step ``s`` of ``(seed, s)``. So a run
@@ -38,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from recurrax import load_checkpoint, save_checkpoint
 from recurrax.cells.registry import BUILTIN
-from recurrax.io.checkpoint import find_checkpoint
+from recurrax.io.checkpoint import DEFAULT_KEEP, checkpoint_steps, find_checkpoint, require_backend
 
 from .data import batch_indices, digits_dataset, last_value_mse, sine_dataset
 from .model import RecurrentModel, loss_and_metric, make_cell
@@ -210,14 +212,16 @@ def _dataset(config: TrainConfig):
 class Prepared(NamedTuple):
     """A run ready for its first step: what :func:`prepare` returns and :func:`fit` continues.
 
-    ``config``, ``save_dir``; ``data`` (a :class:`~recurrax.apps.data.Dataset`); the
-    ``"data"``-axis ``batch_sharding`` and the ``replicated`` sharding; ``optimizer``;
+    ``config``, ``save_dir`` and ``keep`` (the checkpoints kept there); ``data`` (a
+    :class:`~recurrax.apps.data.Dataset`); the ``"data"``-axis ``batch_sharding`` and the
+    ``replicated`` sharding; ``optimizer``;
     ``model``, ``opt_state``, ``run_key``, ``step`` and ``history`` (fresh, or as the checkpoint
     left them); ``data_state`` (what fixes the batch order, saved with each checkpoint).
     """
 
     config: TrainConfig
     save_dir: Any
+    keep: int | None
     data: Any
     batch_sharding: NamedSharding
     replicated: NamedSharding
@@ -235,7 +239,12 @@ class Prepared(NamedTuple):
 
 
 def prepare(
-    config: TrainConfig = TrainConfig(), *, save_dir=None, resume: bool = False, devices=None
+    config: TrainConfig = TrainConfig(),
+    *,
+    save_dir=None,
+    resume: bool = False,
+    keep: int | None = DEFAULT_KEEP,
+    devices=None,
 ) -> Prepared:
     """Everything before the first step: check the settings, load the data, build the model and
     optimizer state, or restore them from the checkpoint in ``save_dir`` (``resume=True``).
@@ -244,14 +253,27 @@ def prepare(
 
     **Raises** (all before a step is taken or a file written): ``ValueError`` for settings that
     do not fit (a batch the devices do not divide or larger than the training set, ``resume``
-    without ``save_dir``, a damaged checkpoint or one of other settings or data),
-    ``FileNotFoundError`` when ``save_dir`` holds no checkpoint, ``ImportError`` when an extra
-    the task needs (optax, scikit-learn) is missing.
+    without ``save_dir``, a damaged checkpoint or one of other settings or data, a fresh run
+    (``resume=False``) into a ``save_dir`` that holds checkpoints already, a ``keep`` that is
+    not a positive int or ``None``), ``FileNotFoundError`` when ``save_dir`` holds no checkpoint
+    to resume, ``ImportError`` when an extra the task needs (optax, scikit-learn, and
+    orbax-checkpoint with ``save_dir``) is missing.
     """
     if resume and save_dir is None:
         raise ValueError("resume=True needs save_dir: the directory holding the checkpoint.")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be a positive int or None (keep all); got {keep!r}.")
+    # Fail before any data is loaded or anything compiled.
+    if save_dir is not None:
+        require_backend()
     if resume:
-        find_checkpoint(save_dir)  # fail before any data is loaded or anything compiled
+        find_checkpoint(save_dir)
+    elif save_dir is not None and checkpoint_steps(save_dir):
+        raise ValueError(
+            f"{save_dir} holds the checkpoints of another run already (the latest at step "
+            f"{checkpoint_steps(save_dir)[-1]}): continue it with resume=True (--resume), or "
+            "save to another directory."
+        )
     devices = list(jax.devices() if devices is None else devices)
     if config.batch_size % len(devices):
         raise ValueError(
@@ -287,7 +309,7 @@ def prepare(
     model, opt_state = eqx.filter_shard((model, opt_state), replicated)
     batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
     return Prepared(
-        config, save_dir, data, batch_sharding, replicated, optimizer,
+        config, save_dir, keep, data, batch_sharding, replicated, optimizer,
         model, opt_state, run_key, step, history, data_state,
     )  # fmt: skip
 
@@ -329,6 +351,7 @@ def fit(
             data_state=run.data_state,
             config=settings,
             history=state.history,
+            keep=run.keep,
         )
 
     def record(state: _State) -> _State:
@@ -422,6 +445,7 @@ def train(
     *,
     save_dir=None,
     resume: bool = False,
+    keep: int | None = DEFAULT_KEEP,
     stop_after: int | None = None,
     progress: str = "none",
     echo=print,
@@ -436,7 +460,9 @@ def train(
       the end (see :func:`~recurrax.save_checkpoint`).
     - ``resume``: continue from the checkpoint in ``save_dir``; its settings must equal
       ``config``. A missing, corrupted or mismatched checkpoint raises before anything is
-      written.
+      written. Without it, a ``save_dir`` that holds checkpoints is refused.
+    - ``keep``: how many of the latest checkpoints ``save_dir`` keeps (default 3; ``None``:
+      all).
     - ``stop_after``: stop after this many steps in this call (as if interrupted), saving first.
     - ``progress``: ``"auto"``, ``"rich"`` (a live bar), ``"plain"`` (a line per epoch) or
       ``"none"``; see :mod:`recurrax.apps.progress`.
@@ -454,7 +480,7 @@ def train(
     It is :func:`prepare` (every check of the settings and the checkpoint) then :func:`fit`.
     """
     start = time.perf_counter()
-    run = prepare(config, save_dir=save_dir, resume=resume, devices=devices)
+    run = prepare(config, save_dir=save_dir, resume=resume, keep=keep, devices=devices)
     result = fit(run, stop_after=stop_after, progress=progress, echo=echo)
     return result._replace(seconds=time.perf_counter() - start)
 

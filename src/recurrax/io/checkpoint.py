@@ -25,8 +25,9 @@ to ``<directory>/<step>`` once complete, so a process killed while saving leaves
 steps loadable; only step directories (named by their step number) are read, and the next save
 removes what an interrupted one left.
 
-**Checked on load.** orbax and tensorstore do not reliably checksum array contents, so the
-metadata holds the SHA-256 of every array and of itself, verified after reading. A step whose
+**Checked on load** (the checks: ``checkpoint_checks.py``). orbax and tensorstore do not
+reliably checksum array contents, so the metadata holds the SHA-256 of every array and of
+itself, verified after reading. A step whose
 contents do not make a checkpoint (a metadata field missing or of the wrong type, a step out
 of range, no PRNG key, weights that are NaN or infinite) is refused with a ``ValueError``
 naming the field or array. Nothing in a checkpoint is executed on load: it is JSON and arrays.
@@ -50,7 +51,6 @@ when the directory holds no step directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -60,6 +60,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checkpoint_checks import (
+    DTYPES,
+    MAX_STEP,
+    check_entries,
+    check_finite,
+    check_meta,
+    config_diff,
+    digest,
+    seal,
+)
 from .tensorfile import read_arrays
 from .weights import fill_like, tree_arrays
 
@@ -74,16 +84,11 @@ __all__ = [
 ]
 
 FILENAME = "checkpoint.rcx"  # the earlier single-file format, still read
-MAX_STEP = 2**31 - 1  # steps are counted in int32 by the training step
 DEFAULT_KEEP = 3
 FORMAT = "recurrax-checkpoint"
 VERSION = 1
 _ITEMS = ("meta", "arrays")  # orbax's item names: <step>/meta, <step>/arrays
 _STEP_NAME = re.compile(r"0|[1-9][0-9]*")  # str(step), as orbax names step directories
-_DTYPES = (
-    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
-    "uint64", "uint32", "uint16", "uint8", "bool",
-)  # fmt: skip
 _INSTALL = "training checkpoints need orbax-checkpoint: pip install 'recurrax[train]'."
 
 
@@ -209,17 +214,6 @@ def _host(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _digest(x: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-
-
-def _seal(meta: dict) -> dict:
-    """``meta`` with ``sha256_meta``: the SHA-256 of the rest, as canonical JSON."""
-    body = {k: v for k, v in meta.items() if k != "sha256_meta"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    return {**body, "sha256_meta": hashlib.sha256(canonical).hexdigest()}
-
-
 def _is_key(x) -> bool:
     return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -281,7 +275,7 @@ def save_checkpoint(
         "config": dict(config),
         "history": dict(history or {}),
     }
-    _check_meta(meta, "the checkpoint to save", saving=True)
+    check_meta(meta, "the checkpoint to save", saving=True)
     try:
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -311,16 +305,16 @@ def save_checkpoint(
             x = jax.random.key_data(x)
         host = _host(x)
         dtype = jnp.dtype(host.dtype).name
-        if dtype not in _DTYPES:
-            raise TypeError(f"array {name!r} has dtype {dtype}; a checkpoint holds {_DTYPES}.")
-        entry.update(dtype=dtype, shape=list(host.shape), sha256=_digest(host))
+        if dtype not in DTYPES:
+            raise TypeError(f"array {name!r} has dtype {dtype}; a checkpoint holds {DTYPES}.")
+        entry.update(dtype=dtype, shape=list(host.shape), sha256=digest(host))
         arrays[str(len(entries))] = host
         entries.append(entry)
     with _manager(directory, keep, create=True) as manager:
         manager.save(
             step,
             args=ocp.args.Composite(
-                meta=ocp.args.JsonSave(_seal({**meta, "arrays": entries})),
+                meta=ocp.args.JsonSave(seal({**meta, "arrays": entries})),
                 arrays=ocp.args.StandardSave(arrays),
             ),
             force=True,  # the checks above decided; orbax's save interval does not apply
@@ -333,7 +327,7 @@ def _same_run(directory: Path, step: int, config: dict) -> Path:
     path = directory / str(step)
     with _manager(directory, None, create=False) as manager:
         saved = _read_meta(manager, step, str(path)).get("config")
-    diff = _config_diff(saved, config) if isinstance(saved, dict) else ["config: not a dict"]
+    diff = config_diff(saved, config) if isinstance(saved, dict) else ["config: not a dict"]
     if diff:
         raise ValueError(
             f"cannot save step {step} to {directory}: that step is saved already, by a run with "
@@ -341,95 +335,6 @@ def _same_run(directory: Path, step: int, config: dict) -> Path:
             "directory."
         )
     return path
-
-
-def _config_diff(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: checkpoint has {saved.get(k)!r}, this run has {current.get(k)!r}"
-        for k in keys
-        if saved.get(k) != current.get(k)
-    ]
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_meta(meta, source: str, *, saving: bool = False) -> None:
-    """``ValueError`` naming the first field of a checkpoint's metadata that is missing or
-    wrong."""
-
-    def bad(field: str, what: str):
-        if saving:
-            return ValueError(f"{field.removeprefix('field ')} {what}.")
-        return ValueError(
-            f"{source} is not a valid checkpoint: {field} {what}. Its checksums hold, so it "
-            "was written this way; use a checkpoint written by recurrax.save_checkpoint."
-        )
-
-    if not isinstance(meta, dict):
-        raise bad("its metadata", f"is a {type(meta).__name__}, not a JSON object")
-    for field, kind in (("step", "an int"), ("data_state", "a dict"), ("config", "a dict")):
-        if field not in meta:
-            raise bad(f"field {field!r}", f"is missing (it must be {kind})")
-    step = meta["step"]
-    if not _is_int(step):
-        raise bad("field 'step'", f"must be an int; it is {step!r}")
-    if not 0 <= step <= MAX_STEP:
-        raise bad("field 'step'", f"must be from 0 to {MAX_STEP}; it is {step}")
-    data_state = meta["data_state"]
-    if not isinstance(data_state, dict):
-        raise bad("field 'data_state'", f"must be a dict; it is {data_state!r}")
-    for k, v in data_state.items():
-        if not _is_int(v):
-            raise bad(f"field 'data_state.{k}'", f"must be an int; it is {v!r}")
-    if not isinstance(meta["config"], dict):
-        raise bad("field 'config'", f"must be a dict; it is {meta['config']!r}")
-    history = meta.get("history", {})
-    if not isinstance(history, dict):
-        raise bad("field 'history'", f"must be a dict; it is {history!r}")
-    for k, values in history.items():
-        if not isinstance(values, list) or not all(_is_number(v) for v in values):
-            raise bad(f"field 'history.{k}'", "must be a list of numbers")
-
-
-def _check_entries(meta: dict, source: str) -> list[dict]:
-    """The ``arrays`` field of an orbax checkpoint's metadata, checked entry by entry."""
-
-    def bad(field: str, what: str):
-        return ValueError(
-            f"{source} is not a valid checkpoint: field {field!r} {what}. Use a checkpoint "
-            "written by recurrax.save_checkpoint."
-        )
-
-    entries = meta.get("arrays")
-    if not isinstance(entries, list):
-        raise bad("arrays", "is missing or not a list (it must list the arrays saved)")
-    names = set()
-    for i, e in enumerate(entries):
-        where = f"arrays[{i}]"
-        if not isinstance(e, dict):
-            raise bad(where, f"must be a dict; it is {e!r}")
-        name = e.get("name")
-        if not isinstance(name, str) or name in names:
-            raise bad(f"{where}.name", f"must be a string naming one array; it is {name!r}")
-        names.add(name)
-        if e.get("dtype") not in _DTYPES:
-            raise bad(f"{where}.dtype", f"must be one of {_DTYPES}; it is {e.get('dtype')!r}")
-        shape = e.get("shape")
-        if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
-            raise bad(f"{where}.shape", f"must be a list of sizes >= 0; it is {shape!r}")
-        digest = e.get("sha256")
-        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise bad(f"{where}.sha256", f"must be a SHA-256 in hex; it is {digest!r}")
-        if "key_impl" in e and not isinstance(e["key_impl"], str):
-            raise bad(f"{where}.key_impl", f"must be a string; it is {e['key_impl']!r}")
-    return entries
 
 
 def _restore(manager, step: int, source: str, what: str, **items):
@@ -451,7 +356,7 @@ def _read_meta(manager, step: int, source: str) -> dict:
     meta = _restore(manager, step, source, "incomplete: its metadata", meta=ocp.args.JsonRestore())[
         "meta"
     ]
-    if not isinstance(meta, dict) or _seal(meta).get("sha256_meta") != meta.get("sha256_meta"):
+    if not isinstance(meta, dict) or seal(meta).get("sha256_meta") != meta.get("sha256_meta"):
         raise ValueError(
             f"{source} is corrupted: the SHA-256 of its metadata does not match. It was "
             "damaged since it was written; use an intact checkpoint."
@@ -469,13 +374,13 @@ def _read_orbax(directory: Path, step: int, source: str) -> tuple[dict[str, Any]
     ocp = _orbax()
     with _manager(directory, None, create=False) as manager:
         meta = _read_meta(manager, step, source)
-        _check_meta(meta, source)
+        check_meta(meta, source)
         if meta["step"] != step:
             raise ValueError(
                 f"{source} is not a valid checkpoint: field 'step' is {meta['step']}, but the "
                 f"checkpoint is the one of step {step} (its directory's name)."
             )
-        entries = _check_entries(meta, source)
+        entries = check_entries(meta, source)
         if not any(e["name"] == "key" for e in entries):
             raise ValueError(f"{source} holds no PRNG key: it is not a complete checkpoint.")
         like = {str(i): np.empty(e["shape"], jnp.dtype(e["dtype"])) for i, e in enumerate(entries)}
@@ -493,7 +398,7 @@ def _read_orbax(directory: Path, step: int, source: str) -> tuple[dict[str, Any]
             not isinstance(x, np.ndarray)
             or list(x.shape) != e["shape"]
             or jnp.dtype(x.dtype).name != e["dtype"]
-            or _digest(x) != e["sha256"]
+            or digest(x) != e["sha256"]
         ):
             raise ValueError(
                 f"{source} is corrupted: array {e['name']!r} does not match the SHA-256 (or "
@@ -510,18 +415,6 @@ def _read_orbax(directory: Path, step: int, source: str) -> tuple[dict[str, Any]
                 ) from None
         arrays[e["name"]] = x
     return arrays, meta
-
-
-def _check_finite(arrays: dict, source: str) -> None:
-    for name, x in arrays.items():
-        if name == "key":
-            continue
-        x = np.asarray(x)
-        if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all():
-            raise ValueError(
-                f"{source} is not a valid checkpoint: array {name!r} holds NaN or infinite "
-                "values; resume from a checkpoint saved before the run diverged."
-            )
 
 
 def load_checkpoint(
@@ -555,11 +448,11 @@ def load_checkpoint(
     source = str(path)
     if path.name == FILENAME:
         arrays, meta = read_arrays(path, kind="checkpoint")
-        _check_meta(meta, source)
+        check_meta(meta, source)
     else:
         arrays, meta = _read_orbax(path.parent, int(path.name), source)
     if config is not None:
-        diff = _config_diff(meta["config"], dict(config))
+        diff = config_diff(meta["config"], dict(config))
         if diff:
             raise ValueError(
                 f"{path} was written by a run with other settings: "
@@ -579,7 +472,7 @@ def load_checkpoint(
             f"{source} is not a valid checkpoint: array 'key' is not a typed PRNG key (as "
             "jax.random.key makes)."
         )
-    _check_finite(arrays, source)
+    check_finite(arrays, source)
     return Checkpoint(
         model=fill_like(parts["model"], model, source=source, what="model"),
         opt_state=fill_like(parts["opt_state"], opt_state, source=source, what="optimizer state"),

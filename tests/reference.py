@@ -127,6 +127,20 @@ class MinimalRNNCell(eqx.Module):
         return h, h
 
 
+def stacked_step(steps):
+    """The NumPy step of a ``MultiRNNCell`` whose layers' steps are ``steps``: each layer's
+    output is the next one's input; the state is the tuple of the layers' states."""
+
+    def multi(t, x, state):
+        new = []
+        for step, s in zip(steps, state):
+            x, s = step(t, x, s)
+            new.append(s)
+        return x, tuple(new)
+
+    return multi
+
+
 def np_step(cell):
     """A NumPy function ``(t, x [B, in], state) -> (output, state)`` with ``cell``'s formula.
 
@@ -167,16 +181,7 @@ def np_step(cell):
 
         return minimal
     if isinstance(cell, recurrax.MultiRNNCell):
-        steps = [np_step(c) for c in cell.cells]
-
-        def multi(t, x, state):
-            new = []
-            for step, s in zip(steps, state):
-                x, s = step(t, x, s)
-                new.append(s)
-            return x, tuple(new)
-
-        return multi
+        return stacked_step([np_step(c) for c in cell.cells])
     if isinstance(cell, recurrax.ResidualWrapper):
         assert cell.residual_fn is None
         inner = np_step(cell.cell)

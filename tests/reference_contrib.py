@@ -17,7 +17,7 @@ from recurrax.cells.projection import (
     InputProjectionWrapper,
     OutputProjectionWrapper,
 )
-from reference import _np, _np_activation, sigmoid
+from reference import _np, _np_activation, sigmoid, stacked_step
 from reference import np_step as core_np_step
 
 NORMS = ("input", "transform", "forget", "output", "state")
@@ -92,14 +92,5 @@ def np_step(cell):
         # TF1: embedding_lookup(embedding, reshape(ids, [-1])).
         return lambda t, x, s: inner(t, embedding[np.asarray(x).reshape(-1).astype(int)], s)
     if isinstance(cell, recurrax.MultiRNNCell):
-        steps = [np_step(c) for c in cell.cells]
-
-        def multi(t, x, state):
-            new = []
-            for step, s in zip(steps, state):
-                x, s = step(t, x, s)
-                new.append(s)
-            return x, tuple(new)
-
-        return multi
+        return stacked_step([np_step(c) for c in cell.cells])
     return core_np_step(cell)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .cells.base import bind_step
 from .cells.checks import is_traced
-from .validate import _plain
+from .validate import same_structure
 
 __all__ = [
     "check_sequence_length",
@@ -105,9 +105,14 @@ def _expand(mask, x):
 
 def select_state(valid, new_state, old_state):
     """Per row: the new state where ``valid`` else the old one (TF1's copy-through). A leaf of
-    rank 0 has no rows: it takes the new value (TF1's ``_copy_one_through``)."""
+    rank 0 has no rows (TF1's ``_copy_one_through`` passes it through): it takes the new value
+    while any row runs, since TF1 runs no step past the longest row."""
     return jax.tree_util.tree_map(
-        lambda n, o: n if jnp.ndim(o) == 0 else jnp.where(_expand(valid, n), n, o),
+        lambda n, o: (
+            jnp.where(jnp.any(valid), n, o)
+            if jnp.ndim(o) == 0
+            else jnp.where(_expand(valid, n), n, o)
+        ),
         new_state,
         old_state,
     )
@@ -160,15 +165,6 @@ def masked_step(cell, x_t, state, t, sequence_length, dtype):
     if valid is not None:
         out = mask_output(valid, out)
         new_state = select_state(valid, new_state, state)
-        if any(jnp.ndim(s) == 0 for s in jax.tree_util.tree_leaves(state)):
-            # Past the longest row TF1 runs no step: its scalars stay (static_rnn with traced
-            # lengths calls the cell there; dynamic_rnn's loop never does).
-            running = t < jnp.max(jnp.asarray(sequence_length))
-            new_state = jax.tree_util.tree_map(
-                lambda n, o: jnp.where(running, n, o) if jnp.ndim(o) == 0 else n,
-                new_state,
-                state,
-            )
     return out, new_state
 
 
@@ -196,16 +192,12 @@ def conform_state(new_state, state):
     ``TypeError`` / ``ValueError`` naming the leaf."""
     old_leaves, old_def = jax.tree_util.tree_flatten(state)
     new_with_path, new_def = jax.tree_util.tree_flatten_with_path(new_state)
-    if new_def != old_def:
-        plain = jax.tree_util.tree_structure
-        if len(new_with_path) != len(old_leaves) or plain(_plain(new_state)) != plain(
-            _plain(jax.tree_util.tree_unflatten(old_def, [0] * len(old_leaves)))
-        ):
-            raise ValueError(
-                f"the cell's new state must have the structure of the state it received, "
-                f"{old_def}; got {new_def}. A cell returns one state leaf per leaf of its "
-                "state_size, in the same nest."
-            )
+    if new_def != old_def and not same_structure(new_state, old_def):
+        raise ValueError(
+            f"the cell's new state must have the structure of the state it received, "
+            f"{old_def}; got {new_def}. A cell returns one state leaf per leaf of its "
+            "state_size, in the same nest."
+        )
     leaves = []
     for (path, new), old in zip(new_with_path, old_leaves):
         new = jnp.asarray(new)

@@ -10,7 +10,7 @@ from .cells.checks import check_cell, check_positive_int, is_size_leaf
 from .cells.shapes import size_shape
 from .engine.options import resolve_options
 from .engine.raw_loop import while_loop
-from .validate import _plain, check_parallel_iterations, resolve_initial_state
+from .validate import check_parallel_iterations, resolve_initial_state, same_structure
 
 __all__ = ["raw_rnn"]
 
@@ -88,10 +88,7 @@ def _conform(value, like, name: str, batch: int | None = None):
     with ``batch``, ``like`` holds per-row shapes. Dtypes of one kind are cast."""
     like_leaves, like_def = jax.tree_util.tree_flatten(like)
     leaves_with_path, value_def = jax.tree_util.tree_flatten_with_path(value)
-    plain = jax.tree_util.tree_structure
-    if len(leaves_with_path) != len(like_leaves) or plain(_plain(value)) != plain(
-        _plain(jax.tree_util.tree_unflatten(like_def, [0] * len(like_leaves)))
-    ):
+    if not same_structure(value, like_def):
         raise ValueError(
             f"{name} must keep the structure it had at time 0, {like_def}; got {value_def}."
         )

@@ -154,10 +154,9 @@ def _check_nest_features(input_size, features, where: str, name: str) -> None:
             f"{where} must be a nest of arrays matching {name}.input_size "
             f"{size_to_str(input_size)}; got one array."
         )
-    plain = jax.tree_util.tree_structure
-    if len(sizes) != len(features.shapes) or plain(
-        _plain(jax.tree_util.tree_unflatten(size_tree, [0] * len(sizes)))
-    ) != plain(_plain(jax.tree_util.tree_unflatten(features.tree, [0] * len(sizes)))):
+    if len(sizes) != len(features.shapes) or not same_structure(
+        jax.tree_util.tree_unflatten(features.tree, [0] * len(sizes)), size_tree
+    ):
         raise ValueError(
             f"{where} must match {name}.input_size {size_to_str(input_size)} in structure; "
             f"got {features.tree}."
@@ -178,6 +177,16 @@ def _plain(tree):
     if isinstance(tree, list):
         return [_plain(x) for x in tree]
     return tree
+
+
+def same_structure(tree, treedef) -> bool:
+    """Whether ``tree`` has the structure ``treedef`` describes, a namedtuple (such as an
+    ``LSTMStateTuple``) and a plain tuple of the same leaves counting as alike."""
+    n = treedef.num_leaves
+    plain = jax.tree_util.tree_structure
+    return len(jax.tree_util.tree_leaves(tree)) == n and plain(_plain(tree)) == plain(
+        _plain(jax.tree_util.tree_unflatten(treedef, [0] * n))
+    )
 
 
 def resolve_initial_state(cell, initial_state, dtype, batch_size: int, name="initial_state"):
@@ -208,12 +217,7 @@ def resolve_initial_state(cell, initial_state, dtype, batch_size: int, name="ini
     exp_leaves, exp_def = jax.tree_util.tree_flatten(expected)
     exp_shapes = [s.shape for s in exp_leaves]
     leaves = jax.tree_util.tree_leaves(initial_state)
-    same_structure = len(leaves) == len(exp_leaves) and jax.tree_util.tree_structure(
-        _plain(initial_state)
-    ) == jax.tree_util.tree_structure(
-        _plain(jax.tree_util.tree_unflatten(exp_def, [0] * len(exp_leaves)))
-    )
-    if not same_structure:
+    if not same_structure(initial_state, exp_def):
         raise ValueError(
             f"{name} must match the cell's state_size {size_to_str(cell.state_size)} in "
             f"structure; got {jax.tree_util.tree_structure(initial_state)} with "

@@ -268,11 +268,11 @@ def prepare(
         require_backend()
     if resume:
         find_checkpoint(save_dir)
-    elif save_dir is not None and checkpoint_steps(save_dir):
+    elif save_dir is not None and (saved := checkpoint_steps(save_dir)):
         raise ValueError(
             f"{save_dir} holds the checkpoints of another run already (the latest at step "
-            f"{checkpoint_steps(save_dir)[-1]}): continue it with resume=True (--resume), or "
-            "save to another directory."
+            f"{saved[-1]}): continue it with resume=True (--resume), or save to another "
+            "directory."
         )
     devices = list(jax.devices() if devices is None else devices)
     if config.batch_size % len(devices):

@@ -220,16 +220,7 @@ def read_arrays(path, *, kind: str) -> tuple[dict[str, Any], dict]:
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
     payload = memoryview(data)[begin:]
     size = max((e["data_offsets"][1] for e in entries.values()), default=0)
-    if len(payload) != size:
-        raise ValueError(
-            f"{path} is truncated: its header declares {size} bytes of arrays but the file "
-            f"holds {len(payload)}. {_INTACT}"
-        )
-    if hashlib.sha256(payload).hexdigest() != metadata["sha256_data"]:
-        raise ValueError(
-            f"{path} is corrupted: the SHA-256 of its arrays does not match the one in its "
-            f"header. {_INTACT}"
-        )
+    _check_payload(payload, size, metadata["sha256_data"], path)
     keys = json.loads(metadata.get("prng_keys", "{}"))
     arrays = {}
     for name, e in entries.items():
@@ -238,6 +229,21 @@ def read_arrays(path, *, kind: str) -> tuple[dict[str, Any], dict]:
         x = np.frombuffer(raw, dtype=dtype).reshape(e["shape"]).astype(dtype.newbyteorder("="))
         arrays[name] = jax.random.wrap_key_data(x, impl=keys[name]) if name in keys else x
     return arrays, json.loads(metadata.get("meta", "{}"))
+
+
+def _check_payload(payload, size: int, sha256: str, path) -> None:
+    """The arrays' bytes of a file against its header: ``size`` bytes with SHA-256 ``sha256``
+    (hex); a ``ValueError`` for a truncated or corrupted file."""
+    if len(payload) != size:
+        raise ValueError(
+            f"{path} is truncated: its header declares {size} bytes of arrays but the file "
+            f"holds {len(payload)}. {_INTACT}"
+        )
+    if hashlib.sha256(payload).hexdigest() != sha256:
+        raise ValueError(
+            f"{path} is corrupted: the SHA-256 of its arrays does not match the one in its "
+            f"header. {_INTACT}"
+        )
 
 
 # recurrax's first format: b"RECURRAX" | uint64 n | n bytes of JSON | SHA-256 of the JSON | data.
@@ -264,16 +270,7 @@ def _read_v1(data: bytes, path: Path, kind: str) -> tuple[dict[str, Any], dict]:
             f"{path} holds a {header.get('kind')!r} file, not a {kind!r} file: pass the right file."
         )
     payload = memoryview(data)[n_head + head_len + _V1_DIGEST :]
-    if len(payload) != header["payload_nbytes"]:
-        raise ValueError(
-            f"{path} is truncated: its header declares {header['payload_nbytes']} bytes of "
-            f"arrays but the file holds {len(payload)}. {_INTACT}"
-        )
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise ValueError(
-            f"{path} is corrupted: the SHA-256 of its arrays does not match the one in its "
-            f"header. {_INTACT}"
-        )
+    _check_payload(payload, header["payload_nbytes"], header["payload_sha256"], path)
     arrays = {}
     for e in header["arrays"]:
         raw = payload[e["offset"] : e["offset"] + e["nbytes"]]

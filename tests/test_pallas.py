@@ -39,11 +39,22 @@ def scan_layer(family, w_h, xw, state0, lengths):
             r, u = gates[:, :hidden], gates[:, hidden:]
             c = jnp.tanh(x_t[:, 2 * hidden :] + (r * state) @ w_ch)
             new = out = u * state + (1 - u) * c
-        else:
+        else:  # TF1's LSTMCell (BasicLSTMCell without its options)
             c, h = state
-            i, j, f, o = jnp.split(x_t + h @ w_h, 4, axis=-1)
+            w, peep, proj = w_h if isinstance(w_h, tuple) else (w_h, None, None)
+            i, j, f, o = jnp.split(x_t + h @ w, 4, axis=-1)
+            if peep is not None:
+                i, f = i + peep[0] * c, f + peep[1] * c
             c = c * jax.nn.sigmoid(f + family.forget_bias) + jax.nn.sigmoid(i) * jnp.tanh(j)
+            if family.cell_clip is not None:
+                c = jnp.clip(c, -family.cell_clip, family.cell_clip)
+            if peep is not None:
+                o = o + peep[2] * c
             out = jnp.tanh(c) * jax.nn.sigmoid(o)
+            if proj is not None:
+                out = out @ proj
+                if family.proj_clip is not None:
+                    out = jnp.clip(out, -family.proj_clip, family.proj_clip)
             new = (c, out)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), new, state)
         return new, jnp.where(valid, out, 0.0)
@@ -81,6 +92,23 @@ def make_case(kind, steps, batch, hidden, *, seed=0, lengths=True, dtype=jnp.flo
     return family, w_h, xw, state0, lens
 
 
+def make_lstm_cell_case(steps, batch, hidden, proj, *, seed=0, **options):
+    """An ``LSTMCell``-style case: ``w_h = (w [P, 4H], peepholes or None, projection or
+    None)`` with ``P = proj or hidden``; ``options`` are the Family's."""
+    family = P.Family("lstm", forget_bias=0.7, projection=proj is not None, **options)
+    width = proj or hidden
+    keys = jax.random.split(jax.random.PRNGKey(seed), 8)
+    w = normal(keys[0], (width, 4 * hidden)) / float(np.sqrt(width))
+    peep = None
+    if family.peepholes:
+        peep = tuple(0.5 * normal(k, (hidden,)) for k in keys[1:4])
+    projection = None if proj is None else normal(keys[4], (hidden, proj)) / float(np.sqrt(hidden))
+    xw = 1.5 * normal(keys[5], (steps, batch, 4 * hidden))
+    state0 = (normal(keys[6], (batch, hidden)), 0.5 * normal(keys[7], (batch, width)))
+    lens = jnp.arange(batch, dtype=jnp.int32) % (steps + 1)  # 0, 1, ..., T, 0, 1, ...
+    return family, (w, peep, projection), xw, state0, lens
+
+
 def value_and_grads(layer, family, w_h, xw, state0, lens, **options):
     """Outputs, final state and the gradients of a loss mixing both, in one jitted call."""
     steps, batch, _ = xw.shape
@@ -109,7 +137,7 @@ def check_against_scan(case, rtol=1e-5, atol=1e-5, **options):
     f32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (w_h, xw))
     with jax.default_matmul_precision("highest"):
         (_, (ys_r, final_r)), grads_r = value_and_grads(scan_layer, family, *f32, state0, lens)
-    assert ys.shape == xw.shape[:2] + (state0[0] if family.kind == "lstm" else state0).shape[1:]
+    assert ys.shape == xw.shape[:2] + (state0[1] if family.kind == "lstm" else state0).shape[1:]
     assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves((ys, final, grads)))
     assert_close((ys, final), (ys_r, final_r), rtol, atol)
     assert_close(grads, grads_r, rtol, atol)
@@ -124,6 +152,27 @@ def test_matches_scan_with_lengths(kind, hidden, empty):
     rnn, the second block's rows are all of length 0: that program runs no step)."""
     ys, final = check_against_scan(make_case(kind, 6, 18, hidden, empty=empty))
     assert not np.any(np.asarray(ys[:, 0])), "a row of length 0 outputs zeros"
+
+
+@pytest.mark.parametrize(
+    ("hidden", "proj", "options"),
+    [
+        (5, 3, {"peepholes": True}),
+        (6, 9, {"peepholes": True, "cell_clip": 0.8, "proj_clip": 0.3}),
+    ],
+    ids=["peepholes-narrower_projection", "clips-wider_projection"],
+)
+def test_lstm_cell_options_match_scan(hidden, proj, options):
+    """``LSTMCell``'s peepholes, clips and projection (narrower and wider than ``H``): values
+    and gradients (peepholes and projection included) against the scan, 17 rows with lengths
+    0..T; the clips are active (some values sit on the bound)."""
+    case = make_lstm_cell_case(6, 17, hidden, proj, seed=7, **options)
+    ys, (c, _) = check_against_scan(case)
+    family, ran = case[0], np.asarray(case[4]) > 0
+    if family.cell_clip is not None:  # (rows of length 0 keep their initial c)
+        assert np.isclose(np.abs(np.asarray(c)[ran]).max(), family.cell_clip)
+    if family.proj_clip is not None:
+        assert np.isclose(np.abs(np.asarray(ys)).max(), family.proj_clip)
 
 
 def test_tiles_and_streamed_weights():
@@ -170,6 +219,21 @@ def test_cells_match_dynamic_rnn(cell_type, lengths):
 def test_rejects_what_it_does_not_support():
     with pytest.raises(ValueError, match="kind"):
         P.Family("lstm_peephole")
+    with pytest.raises(ValueError, match="belong to kind='lstm'; got kind='gru'"):
+        P.Family("gru", peepholes=True)
+    with pytest.raises(ValueError, match="proj_clip needs projection=True"):
+        P.Family("lstm", proj_clip=1.0)
+    with pytest.raises(ValueError, match="cell_clip must be None or a number >= 0; got -1"):
+        P.Family("lstm", cell_clip=-1)
+    family, (w, peep, proj), xw, state0, lens = make_lstm_cell_case(3, 2, 5, 3, peepholes=True)
+    with pytest.raises(ValueError, match=r"needs peephole weights in w_h"):
+        P.pallas_layer(family, (w, None, proj), xw, state0, lens)
+    with pytest.raises(ValueError, match=r"takes no projection weights in w_h"):
+        P.pallas_layer(P.Family("lstm", peepholes=True), (w, peep, proj), xw, state0, lens)
+    with pytest.raises(ValueError, match=r"the projection must be \[H, P\] = \[5, 3\]"):
+        P.pallas_layer(family, (w, peep, proj[:4]), xw, state0, lens)
+    with pytest.raises(ValueError, match=r"initial state must be \(c0 \[B, H\], h0 \[B, P\]\)"):
+        P.pallas_layer(family, (w, peep, proj), xw, state0[::-1], lens)
     with pytest.raises(ValueError, match="MAX_TILES"):
         P.plan_for(P.Family("lstm"), 1024, jnp.float32)
     family, w_h, xw, state0, lens = make_case("rnn", 3, 2, 5)
@@ -181,6 +245,9 @@ def test_rejects_what_it_does_not_support():
 
 
 def test_plan():
+    # LSTMCell's projection is one more block of on-chip weights: 5 * 64 KiB does not fit.
+    assert P.plan_for(P.Family("lstm", projection=True), 64, jnp.float32) == (64, 64, True, True)
+    assert P.plan_for(P.Family("lstm", projection=True), 128, jnp.bfloat16)[2:] == (False, False)
     assert P.plan_for(P.Family("lstm"), 5, jnp.float32) == (16, 16, True, True)
     assert P.plan_for(P.Family("lstm"), 128, jnp.float32) == (128, 128, False, False)
     assert P.plan_for(P.Family("lstm"), 128, jnp.bfloat16) == (128, 128, True, True)
@@ -189,10 +256,17 @@ def test_plan():
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiles the Triton kernels: needs a GPU")
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "lstm_cell"])
 def test_compiled_on_gpu(kind):
     """Compiled kernels (TF32 dots) against the full-precision scan."""
-    check_against_scan(make_case(kind, 50, 37, 48, seed=6), rtol=2e-3, atol=2e-3, interpret=False)
+    if kind == "lstm_cell":
+        # Clips compiled but wide: TF32 rounding could move a value across an active bound,
+        # which flips its slope (the interpreter tests check active clips exactly).
+        options = {"peepholes": True, "cell_clip": 50.0, "proj_clip": 50.0}
+        case = make_lstm_cell_case(50, 37, 48, 24, seed=6, **options)
+    else:
+        case = make_case(kind, 50, 37, 48, seed=6)
+    check_against_scan(case, rtol=2e-3, atol=2e-3, interpret=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,16 +276,30 @@ PALLAS_CELLS = {
     "rnn": lambda n, key: recurrax.BasicRNNCell(5, n, key=key),
     "gru": lambda n, key: recurrax.GRUCell(5, n, key=key),
     "lstm": lambda n, key: recurrax.BasicLSTMCell(5, n, key=key, forget_bias=0.5),
+    "lstm_cell": lambda n, key: recurrax.LSTMCell(
+        5, n, key=key, use_peepholes=True, cell_clip=0.4, num_proj=4, proj_clip=0.25
+    ),
     "multi": lambda n, key: recurrax.MultiRNNCell(
-        [recurrax.GRUCell(6, n, key=key), recurrax.BasicLSTMCell(5, 6, key=key)]
+        [
+            recurrax.GRUCell(6, n, key=key),
+            recurrax.LSTMCell(7, 6, key=key, num_proj=3),
+            recurrax.BasicLSTMCell(5, 3, key=key),
+        ]
     ),
 }
 
 
 @pytest.mark.parametrize(
     "kind, time_major",
-    [("rnn", False), ("gru", False), ("lstm", False), ("lstm", True), ("multi", False)],
-    ids=["rnn", "gru", "lstm", "lstm-time_major", "multi"],
+    [
+        ("rnn", False),
+        ("gru", False),
+        ("lstm", False),
+        ("lstm", True),
+        ("lstm_cell", False),
+        ("multi", False),
+    ],
+    ids=["rnn", "gru", "lstm", "lstm-time_major", "lstm_cell", "multi"],
 )
 def test_dynamic_rnn_pallas_equals_fused(kind, time_major):
     """Values and gradients (weights, inputs, initial state) of ``implementation="pallas"``
@@ -247,6 +335,26 @@ def test_dynamic_rnn_pallas_equals_fused(kind, time_major):
     assert_close(run("pallas", jnp.asarray(lengths)), want, 2e-5, 2e-5)  # traced lengths
 
 
+def test_vmap_pallas():
+    """``jax.vmap`` over examples, each with its own batch and lengths (Pallas adds a grid axis
+    for the mapped one): values and input gradients equal the fused path's."""
+    cell = recurrax.LSTMCell(5, 3, key=jax.random.PRNGKey(7), use_peepholes=True, num_proj=4)
+    x = normal(jax.random.PRNGKey(8), (2, 3, 5, 3))  # 2 examples of [B=3, T=5, I=3]
+    lengths = jnp.array([[5, 0, 2], [1, 5, 3]], jnp.int32)
+
+    def run(implementation):
+        def one(x, n):
+            ys, state = recurrax.dynamic_rnn(cell, x, n, implementation=implementation)
+            return jnp.sum(ys * jnp.cos(ys)) + jnp.sum(state.c), (ys, state)
+
+        grad = jax.value_and_grad(one, has_aux=True)
+        return jax.jit(jax.vmap(grad))(x, lengths)
+
+    with jax.default_matmul_precision("highest"):
+        want = run("fused")
+    assert_close(run("pallas"), want, 2e-5, 2e-5)
+
+
 def test_bidirectional_pallas():
     cell_fw = recurrax.BasicLSTMCell(5, 3, key=jax.random.PRNGKey(4))
     cell_bw = recurrax.GRUCell(4, 3, key=jax.random.PRNGKey(5))
@@ -262,10 +370,17 @@ def test_bidirectional_pallas():
     "build, kwargs, message",
     [
         (
-            lambda k: recurrax.LSTMCell(4, 3, key=k, use_peepholes=True),
+            lambda k: recurrax.LayerNormBasicLSTMCell(4, 3, key=k),
             {},
-            "implementation='pallas' does not support LSTMCell (it runs BasicRNNCell, GRUCell, "
-            "BasicLSTMCell and MultiRNNCell stacks of them); implementation='fused' runs it",
+            "implementation='pallas' does not support LayerNormBasicLSTMCell (it runs "
+            "BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell and MultiRNNCell stacks of them); "
+            "implementation='generic' runs it",
+        ),
+        (
+            lambda k: recurrax.LSTMCell(256, 3, key=k, num_proj=64),
+            {},
+            "implementation='pallas' does not support num_units=256 (pallas_layer: lstm with "
+            "hidden size 256 needs 20 weight tiles",
         ),
         (
             lambda k: recurrax.BasicRNNCell(4, 3, key=k, activation=jax.nn.relu),
@@ -301,7 +416,15 @@ def test_bidirectional_pallas():
             "does not support layer 1 of the MultiRNNCell: DropoutWrapper (it runs",
         ),
     ],
-    ids=["lstm_cell", "relu", "float64", "recompute", "too_wide", "wrapped_layer"],
+    ids=[
+        "layer_norm",
+        "projection_too_wide",
+        "relu",
+        "float64",
+        "recompute",
+        "too_wide",
+        "wrapped_layer",
+    ],
 )
 def test_pallas_refuses_what_it_cannot_run(build, kwargs, message):
     cell = build(jax.random.PRNGKey(0))

@@ -8,8 +8,9 @@ engine, chosen here per cell (:func:`choose_path`); cells never know which one r
 - ``"fused"`` (``fused.py``): built-in cells and stacks of them, cuDNN's structure in XLA
   (the weight gradients as large matmuls after the loop), every step's values stored;
 - ``"pallas"`` (``pallas/``): one GPU kernel launch per layer and direction for the
-  recurrence, forward and backward (``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell``; float32 or
-  bfloat16); on a CPU it runs through Pallas's interpreter (slow: for checking).
+  recurrence, forward and backward (``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell``,
+  ``LSTMCell``; float32 or bfloat16); on a CPU it runs through Pallas's interpreter (slow: for
+  checking).
 
 Every path clears the inputs at steps past each row's length before the cell reads them (the
 generic loop in ``lengths.masked_step``, the fused path before its projection, the Pallas path

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ...cells.base import LSTMStateTuple
 from ...cells.gru import GRUCell
-from ...cells.lstm import BasicLSTMCell
+from ...cells.lstm import BasicLSTMCell, LSTMCell
 from ...cells.rnn import BasicRNNCell
 from ...cells.wrappers import MultiRNNCell
 from ..options import RunOptions
@@ -23,7 +23,7 @@ from .layer import pallas_layer, project
 
 __all__ = ["cell_family", "cell_params", "unsupported", "pallas_layers", "pallas_dynamic_rnn"]
 
-_KINDS = {BasicRNNCell: "rnn", GRUCell: "gru", BasicLSTMCell: "lstm"}
+_KINDS = {BasicRNNCell: "rnn", GRUCell: "gru", BasicLSTMCell: "lstm", LSTMCell: "lstm"}
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
@@ -32,16 +32,21 @@ def _cell_reason(cell, dtype) -> str | None:
     kind = _KINDS.get(type(cell))
     if kind is None:
         return (
-            f"{type(cell).__name__} (it runs BasicRNNCell, GRUCell, BasicLSTMCell and "
+            f"{type(cell).__name__} (it runs BasicRNNCell, GRUCell, BasicLSTMCell, LSTMCell and "
             "MultiRNNCell stacks of them)"
         )
     if cell.activation is not jnp.tanh:
         return f"the activation {getattr(cell.activation, '__name__', cell.activation)} (tanh only)"
     try:
-        plan_for(Family(kind), cell.num_units, dtype)
+        plan_for(cell_family(cell), _width(cell), dtype)
     except ValueError as e:
         return f"num_units={cell.num_units} ({e})"
     return None
+
+
+def _width(cell) -> int:
+    """The widest state vector: ``max(num_units, num_proj)``."""
+    return max(cell.num_units, getattr(cell, "num_proj", None) or 0)
 
 
 def unsupported(cell, dtype, options: RunOptions) -> str | None:
@@ -62,15 +67,24 @@ def unsupported(cell, dtype, options: RunOptions) -> str | None:
 
 
 def cell_family(cell) -> Family:
-    """The :class:`Family` of a ``BasicRNNCell``, ``GRUCell`` or ``BasicLSTMCell`` (exact
-    types, ``tanh`` activation); ``ValueError`` for anything else."""
+    """The :class:`Family` of a ``BasicRNNCell``, ``GRUCell``, ``BasicLSTMCell`` or
+    ``LSTMCell`` (exact types, ``tanh`` activation); ``ValueError`` for anything else."""
     if type(cell) not in _KINDS:
         raise ValueError(
-            "the Pallas layer supports BasicRNNCell, GRUCell and BasicLSTMCell; "
+            "the Pallas layer supports BasicRNNCell, GRUCell, BasicLSTMCell and LSTMCell; "
             f"got {type(cell).__name__}."
         )
     if cell.activation is not jnp.tanh:
         raise ValueError("the Pallas layer supports the tanh activation only.")
+    if type(cell) is LSTMCell:
+        return Family(
+            "lstm",
+            cell.forget_bias,
+            peepholes=cell.use_peepholes,
+            cell_clip=cell.cell_clip,
+            projection=cell.num_proj is not None,
+            proj_clip=cell.proj_clip,
+        )
     return Family(_KINDS[type(cell)], getattr(cell, "forget_bias", 1.0))
 
 
@@ -78,6 +92,8 @@ def cell_params(cell):
     """``(w_x [I, gH], b [gH], w_h)`` of a supported cell, ``w_h`` as :func:`pallas_layer`
     takes it, split by the cell family's own recurrence (TF1's layout: input rows first)."""
     (w_x, b), rec = cell.recurrence().params(cell)
+    if type(cell) is LSTMCell:
+        return w_x, b, rec  # (w_h, peepholes or None, projection or None)
     return w_x, b, (rec if type(cell) is GRUCell else rec[0])
 
 

@@ -31,7 +31,8 @@ RESIDENT_BYTES_BACKWARD = 128 * 1024
 
 #: Most ``chunk x chunk`` weight tiles one step may issue (the step is unrolled at trace time,
 #: so this bounds the kernel's size, its register spills and its compile time):
-#: ``gates * (H / chunk)^2``. 16 admits LSTM up to H = 256 with 128-wide tiles; at H = 512
+#: ``gates * (H / chunk)^2``, and ``(H / chunk)^2`` more for ``LSTMCell``'s projection. 16
+#: admits LSTM up to H = 256 with 128-wide tiles (with a projection, up to 128); at H = 512
 #: (64 tiles) Triton took ~50 s per kernel and spilled 20-45 KB of registers.
 MAX_TILES = 16
 
@@ -43,22 +44,53 @@ class Family:
     """The cell family of a layer (hashable: it is part of the kernels' static configuration).
 
     ``kind`` is ``"rnn"`` (``BasicRNNCell``), ``"gru"`` (``GRUCell``) or ``"lstm"``
-    (``BasicLSTMCell``); ``forget_bias`` is added to the LSTM's forget gate at run time (TF1's
-    default is 1.0) and ignored by the other families. The activation is ``tanh``.
+    (``BasicLSTMCell`` and ``LSTMCell``); ``forget_bias`` is added to the LSTM's forget gate at
+    run time (TF1's default is 1.0) and ignored by the other families. The activation is
+    ``tanh``. ``LSTMCell``'s options, for ``kind="lstm"`` only: ``peepholes`` (the diagonal
+    weights ``w_i_diag``, ``w_f_diag``, ``w_o_diag``), ``cell_clip`` (``c`` clipped to
+    ``[-cell_clip, cell_clip]``), ``projection`` (the output ``m = (tanh(c) * o) @ P``) and
+    ``proj_clip`` (``m`` clipped, with a projection only).
     """
 
     kind: str = "lstm"
     forget_bias: float = 1.0
+    peepholes: bool = False
+    cell_clip: float | None = None
+    projection: bool = False
+    proj_clip: float | None = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
             raise ValueError(f"Family.kind must be one of {sorted(_KINDS)}; got {self.kind!r}.")
         object.__setattr__(self, "forget_bias", float(self.forget_bias))
+        if self.kind != "lstm" and (
+            self.peepholes or self.projection or self.cell_clip is not None
+        ):
+            raise ValueError(
+                "Family: peepholes, cell_clip and projection belong to kind='lstm'; "
+                f"got kind={self.kind!r}."
+            )
+        if self.proj_clip is not None and not self.projection:
+            raise ValueError("Family: proj_clip needs projection=True (TF1 ignores it without).")
+        for name in ("cell_clip", "proj_clip"):
+            limit = getattr(self, name)
+            if limit is not None:
+                if not float(limit) >= 0.0:
+                    raise ValueError(f"Family.{name} must be None or a number >= 0; got {limit!r}.")
+                object.__setattr__(self, name, float(limit))
+        object.__setattr__(self, "peepholes", bool(self.peepholes))
+        object.__setattr__(self, "projection", bool(self.projection))
 
     @property
     def gates(self) -> int:
         """Column blocks of the pre-activations: 1, 3 or 4."""
         return _KINDS[self.kind]
+
+    @property
+    def weight_blocks(self) -> int:
+        """``hidden x hidden`` blocks of on-chip weights: the gates, plus one for a
+        projection."""
+        return self.gates + int(self.projection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +136,13 @@ def plan_for(
 ) -> tuple[int, int, bool, bool]:
     """``(padded_hidden, chunk, resident_forward, resident_backward)`` the layer would run
     with (``resident``, when given, applies to both kernels); raises ``ValueError`` for a
-    shape the kernel does not support (more than :data:`MAX_TILES` tiles per step)."""
+    shape the kernel does not support (more than :data:`MAX_TILES` tiles per step).
+
+    ``hidden`` is the widest of the layer's state vectors: ``max(num_units, num_proj)`` for an
+    ``LSTMCell`` with a projection (``c`` and ``m`` are padded to the same width).
+    """
     hp = max(16, _pow2(hidden))
-    wbytes = family.gates * hp * hp * jnp.dtype(weight_dtype).itemsize
+    wbytes = family.weight_blocks * hp * hp * jnp.dtype(weight_dtype).itemsize
     if resident is None:
         fwd, bwd = wbytes <= RESIDENT_BYTES, wbytes <= RESIDENT_BYTES_BACKWARD
     else:
@@ -118,7 +154,7 @@ def plan_for(
         raise ValueError(
             f"chunk must be a power of two >= 16 dividing the padded hidden size {hp}; got {chunk}."
         )
-    tiles = family.gates * (hp // chunk) ** 2
+    tiles = family.weight_blocks * (hp // chunk) ** 2
     if tiles > MAX_TILES:
         raise ValueError(
             f"pallas_layer: {family.kind} with hidden size {hidden} needs {tiles} weight tiles "

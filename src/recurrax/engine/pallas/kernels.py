@@ -111,18 +111,47 @@ def _zero_fill(cfg: KernelConfig, start, refs_widths):
 # ----------------------------------------------------------------------------- forward kernels
 
 
+def _lstm_extras(cfg: KernelConfig, refs):
+    """``(peep_ref, proj_ref, rest)``: ``LSTMCell``'s peephole and projection refs (``None``
+    where the family has none), which follow the recurrent weights' ref."""
+    refs = list(refs)
+    peep_ref = refs.pop(0) if cfg.family.peepholes else None
+    proj_ref = refs.pop(0) if cfg.family.projection else None
+    return peep_ref, proj_ref, refs
+
+
+def _peepholes(cfg: KernelConfig, peep_ref):
+    """``{gate: [nc chunks of [1, chunk]]}`` of the peephole weights (rows ``i, -, f, o`` of a
+    ``[4, hidden]`` ref), loaded once per program; ``None`` without peepholes."""
+    if peep_ref is None:
+        return None
+    return {
+        g: [peep_ref[pl.ds(g, 1), rows(cfg, n)].astype(_F32) for n in range(cfg.nc)]
+        for g in (0, 2, 3)
+    }
+
+
+def _clip(x, limit):
+    return x if limit is None else jnp.minimum(jnp.maximum(x, -limit), limit)
+
+
 def forward_kernel(cfg: KernelConfig, save: bool, len_ref, xw_ref, w_ref, *refs):
-    kind, nc, n_gates = cfg.family.kind, cfg.nc, cfg.gates
+    fam = cfg.family
+    kind, nc, n_gates = fam.kind, cfg.nc, cfg.gates
     lstm = kind == "lstm"
+    peep_ref, proj_ref, refs = _lstm_extras(cfg, refs)
     if lstm:
         h0_ref, c0_ref, ys_ref, ht_ref, ct_ref, *res = refs
     else:
         h0_ref, ys_ref, ht_ref, *res = refs
     act_ref = res[0] if save and kind != "rnn" else None
     cs_ref = res[1] if save and lstm else None
+    mraw_ref = res[2] if save and fam.proj_clip is not None else None
 
     lens, trips = _lengths_of(cfg, len_ref)
     tile = _tiles(cfg, w_ref, range(n_gates))
+    ptile = None if proj_ref is None else _tiles(cfg, proj_ref, range(1))
+    peep = _peepholes(cfg, peep_ref)
     h = tuple(h0_ref[:, rows(cfg, k)].astype(_F32) for k in range(nc))
     c = tuple(c0_ref[:, rows(cfg, k)].astype(_F32) for k in range(nc)) if lstm else ()
 
@@ -159,13 +188,24 @@ def forward_kernel(cfg: KernelConfig, save: bool, len_ref, xw_ref, w_ref, *refs)
             acts, c_new = [r, u, cand], ()
         else:
             z = [_matvec(cfg, tile, h, g) for g in range(4)]
-            fb = cfg.family.forget_bias
-            i = [_sigmoid(x[0][n] + z[0][n]) for n in range(nc)]
-            j = [jnp.tanh(x[1][n] + z[1][n]) for n in range(nc)]
-            f = [_sigmoid(x[2][n] + z[2][n] + fb) for n in range(nc)]
-            o = [_sigmoid(x[3][n] + z[3][n]) for n in range(nc)]
-            c_new = [c[n] * f[n] + i[n] * j[n] for n in range(nc)]
+            pre = [[x[g][n] + z[g][n] for n in range(nc)] for g in range(4)]
+            if peep is not None:  # i and f see the previous c, o the new one
+                for g in (0, 2):
+                    pre[g] = [pre[g][n] + peep[g][n] * c[n] for n in range(nc)]
+            i = [_sigmoid(pre[0][n]) for n in range(nc)]
+            j = [jnp.tanh(pre[1][n]) for n in range(nc)]
+            f = [_sigmoid(pre[2][n] + fam.forget_bias) for n in range(nc)]
+            c_new = [_clip(c[n] * f[n] + i[n] * j[n], fam.cell_clip) for n in range(nc)]
+            if peep is not None:
+                pre[3] = [pre[3][n] + peep[3][n] * c_new[n] for n in range(nc)]
+            o = [_sigmoid(pre[3][n]) for n in range(nc)]
             h_new = [jnp.tanh(c_new[n]) * o[n] for n in range(nc)]
+            if ptile is not None:  # m = clip((tanh(c) * o) @ P)
+                m_raw = _matvec(cfg, ptile, h_new, 0)
+                if mraw_ref is not None:
+                    for n in range(nc):
+                        mraw_ref[t, :, rows(cfg, n)] = m_raw[n]
+                h_new = [_clip(m_raw[n], fam.proj_clip) for n in range(nc)]
             acts = [i, j, f, o]
             c_new = tuple(_select(valid, c_new[n], c[n]) for n in range(nc))
         for n in range(nc):
@@ -188,6 +228,8 @@ def forward_kernel(cfg: KernelConfig, save: bool, len_ref, xw_ref, w_ref, *refs)
         fills.append((act_ref, n_gates * cfg.hidden))
     if cs_ref is not None:
         fills.append((cs_ref, cfg.hidden))
+    if mraw_ref is not None:
+        fills.append((mraw_ref, cfg.hidden))
     _zero_fill(cfg, trips, fills)
     for k in range(nc):
         ht_ref[:, rows(cfg, k)] = h[k].astype(ht_ref.dtype)
@@ -205,21 +247,31 @@ def _prev(cfg: KernelConfig, seq_ref, first_ref, t, k):
 
 
 def backward_kernel(cfg: KernelConfig, len_ref, dy_ref, w_ref, *refs):
-    kind, nc, n_gates = cfg.family.kind, cfg.nc, cfg.gates
+    fam = cfg.family
+    kind, nc, n_gates = fam.kind, cfg.nc, cfg.gates
     lstm = kind == "lstm"
+    peep_ref, proj_ref, refs = _lstm_extras(cfg, refs)
+    mraw_ref = dmr_ref = None
     if kind == "rnn":
         dht_ref, ys_ref, dz_ref, dh0_ref = refs
     elif kind == "gru":
         dht_ref, ys_ref, h0_ref, act_ref, dz_ref, dh0_ref = refs
     else:
-        dht_ref, dct_ref, act_ref, cs_ref, c0_ref, dz_ref, dh0_ref, dc0_ref = refs
+        dht_ref, dct_ref, act_ref, cs_ref, c0_ref, *refs = refs
+        if fam.proj_clip is not None:
+            mraw_ref, *refs = refs
+        dz_ref, dh0_ref, dc0_ref, *refs = refs
+        if fam.projection:
+            (dmr_ref,) = refs
 
     lens, trips = _lengths_of(cfg, len_ref)
     tile = _tiles(cfg, w_ref, range(n_gates))
+    ptile = None if proj_ref is None else _tiles(cfg, proj_ref, range(1))
+    peep = _peepholes(cfg, peep_ref)
     dh = tuple(dht_ref[:, rows(cfg, k)].astype(_F32) for k in range(nc))
     dc = tuple(dct_ref[:, rows(cfg, k)].astype(_F32) for k in range(nc)) if lstm else ()
 
-    def back(dz, g):
+    def back(dz, g, tile=tile):
         """``dz_g @ W_g^T`` as ``nc`` chunks (``dz`` given as ``nc`` column chunks)."""
         return [_sum([_dot_t(cfg, dz[n], tile(g, k, n)) for n in range(nc)]) for k in range(nc)]
 
@@ -244,7 +296,8 @@ def backward_kernel(cfg: KernelConfig, len_ref, dy_ref, w_ref, *refs):
             h_prev = [_prev(cfg, ys_ref, h0_ref, t, n) for n in range(nc)]
             return dy, h_prev, seq(act_ref, 0), seq(act_ref, 1), seq(act_ref, 2)
         c_prev = [_prev(cfg, cs_ref, c0_ref, t, n) for n in range(nc)]
-        return dy, *(seq(act_ref, g) for g in range(4)), seq(cs_ref), c_prev
+        m_raw = () if mraw_ref is None else (seq(mraw_ref),)
+        return dy, *(seq(act_ref, g) for g in range(4)), seq(cs_ref), c_prev, *m_raw
 
     # Resident weights: the inputs of step t - 1 are loaded during step t (they do not depend
     # on the carried cotangents), as the forward kernel does with xw.
@@ -278,26 +331,50 @@ def backward_kernel(cfg: KernelConfig, len_ref, dy_ref, w_ref, *refs):
             dh_prev = [dhs[k] * u[k] + drh[k] * r[k] + from_r[k] + from_u[k] for k in range(nc)]
             dc_new = ()
         else:
-            _, i, j, f, o, cn, cp = inputs
+            _, i, j, f, o, cn, cp = inputs[:7]
+            if ptile is not None:  # through m = clip(hh @ P): d(hh) = dm_raw @ P^T
+                dmr = dhs
+                if fam.proj_clip is not None:
+                    m_raw = inputs[7]
+                    pc = fam.proj_clip
+                    dmr = [jnp.where(jnp.abs(m_raw[n]) < pc, dmr[n], 0.0) for n in range(nc)]
+                dmr = mask(valid, dmr)
+                for n in range(nc):
+                    dmr_ref[t, :, rows(cfg, n)] = dmr[n]
+                dhs = back(dmr, 0, ptile)
             tc = [jnp.tanh(cn[n]) for n in range(nc)]
+            dzo = [dhs[n] * tc[n] * o[n] * (1.0 - o[n]) for n in range(nc)]
             dcs = [dc[n] + dhs[n] * o[n] * (1.0 - tc[n] * tc[n]) for n in range(nc)]
+            if peep is not None:
+                dcs = [dcs[n] + dzo[n] * peep[3][n] for n in range(nc)]
+            if fam.cell_clip is not None:  # the clip's slope: 1 inside, 0 where it clipped
+                cc = fam.cell_clip
+                dcs = [jnp.where(jnp.abs(cn[n]) < cc, dcs[n], 0.0) for n in range(nc)]
             dzs = [
                 mask(valid, [dcs[n] * j[n] * i[n] * (1.0 - i[n]) for n in range(nc)]),
                 mask(valid, [dcs[n] * i[n] * (1.0 - j[n] * j[n]) for n in range(nc)]),
                 mask(valid, [dcs[n] * cp[n] * f[n] * (1.0 - f[n]) for n in range(nc)]),
-                mask(valid, [dhs[n] * tc[n] * o[n] * (1.0 - o[n]) for n in range(nc)]),
+                mask(valid, dzo),
             ]
             for g in range(4):
                 store(t, g, dzs[g])
             parts = [back(dzs[g], g) for g in range(4)]
             dh_prev = [_sum([p[k] for p in parts]) for k in range(nc)]
-            dc_new = tuple(_select(valid, dcs[n] * f[n], dc[n]) for n in range(nc))
+            dc_prev = [dcs[n] * f[n] for n in range(nc)]
+            if peep is not None:
+                dc_prev = [
+                    dc_prev[n] + dzs[0][n] * peep[0][n] + dzs[2][n] * peep[2][n] for n in range(nc)
+                ]
+            dc_new = tuple(_select(valid, dc_prev[n], dc[n]) for n in range(nc))
         dh_new = tuple(_select(valid, dh_prev[k], dh[k]) for k in range(nc))
         return dh_new, dc_new, inputs_next
 
     first = load_step(jnp.maximum(trips - 1, 0)) if prefetch else ()
     dh, dc, _ = lax.fori_loop(np.int32(0), trips, step, (dh, dc, first))
-    _zero_fill(cfg, trips, [(dz_ref, n_gates * cfg.hidden)])
+    fills = [(dz_ref, n_gates * cfg.hidden)]
+    if dmr_ref is not None:
+        fills.append((dmr_ref, cfg.hidden))
+    _zero_fill(cfg, trips, fills)
     for k in range(nc):
         dh0_ref[:, rows(cfg, k)] = dh[k].astype(dh0_ref.dtype)
         if lstm:

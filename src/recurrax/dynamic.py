@@ -6,13 +6,13 @@ from .cells.checks import check_cell
 from .engine.dispatch import run_cell
 from .engine.options import resolve_options
 from .lengths import check_sequence_length, reverse_rows
+from .states import resolve_initial_state
 from .validate import (
     cast_inputs,
     check_feature_size,
     check_parallel_iterations,
     check_sequence_inputs,
     resolve_directions,
-    resolve_initial_state,
 )
 
 __all__ = ["dynamic_rnn", "bidirectional_dynamic_rnn"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from .cells.base import bind_step
 from .cells.checks import is_traced
-from .validate import same_structure
+from .states import same_structure
 
 __all__ = [
     "check_sequence_length",

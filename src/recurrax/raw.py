@@ -10,7 +10,8 @@ from .cells.checks import check_cell, check_positive_int, is_size_leaf
 from .cells.shapes import size_shape
 from .engine.options import resolve_options
 from .engine.raw_loop import while_loop
-from .validate import check_parallel_iterations, resolve_initial_state, same_structure
+from .states import resolve_initial_state, same_structure
+from .validate import check_parallel_iterations
 
 __all__ = ["raw_rnn"]
 

@@ -12,12 +12,12 @@ import numpy as np
 
 from .cells.checks import check_cell, is_traced
 from .lengths import check_sequence_length, masked_step, reverse_rows
+from .states import resolve_initial_state
 from .validate import (
     cast_inputs,
     check_feature_size,
     check_step_inputs,
     resolve_directions,
-    resolve_initial_state,
 )
 
 __all__ = ["static_rnn", "static_bidirectional_rnn"]

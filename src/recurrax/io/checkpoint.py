@@ -25,7 +25,8 @@ to ``<directory>/<step>`` once complete, so a process killed while saving leaves
 steps loadable; only step directories (named by their step number) are read, and the next save
 removes what an interrupted one left.
 
-**Checked on load** (the checks: ``checkpoint_checks.py``). orbax and tensorstore do not
+**Checked on load** (the checks: ``checkpoint_checks.py``; orbax's reads and writes:
+``checkpoint_store.py``). orbax and tensorstore do not
 reliably checksum array contents, so the metadata holds the SHA-256 of every array and of
 itself, verified after reading. A step whose
 contents do not make a checkpoint (a metadata field missing or of the wrong type, a step out
@@ -52,7 +53,6 @@ when the directory holds no step directory.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,14 +62,16 @@ import numpy as np
 
 from .checkpoint_checks import (
     DTYPES,
+    FORMAT,
     MAX_STEP,
-    check_entries,
+    VERSION,
     check_finite,
     check_meta,
     config_diff,
     digest,
     seal,
 )
+from .checkpoint_store import checkpoint_steps, read_meta, read_step, require_backend, write_step
 from .tensorfile import read_arrays
 from .weights import fill_like, tree_arrays
 
@@ -85,11 +87,6 @@ __all__ = [
 
 FILENAME = "checkpoint.rcx"  # the earlier single-file format, still read
 DEFAULT_KEEP = 3
-FORMAT = "recurrax-checkpoint"
-VERSION = 1
-_ITEMS = ("meta", "arrays")  # orbax's item names: <step>/meta, <step>/arrays
-_STEP_NAME = re.compile(r"0|[1-9][0-9]*")  # str(step), as orbax names step directories
-_INSTALL = "training checkpoints need orbax-checkpoint: pip install 'recurrax[train]'."
 
 
 class Checkpoint(NamedTuple):
@@ -109,49 +106,6 @@ class Checkpoint(NamedTuple):
     data_state: dict
     config: dict
     history: dict
-
-
-def _orbax():
-    """``orbax.checkpoint``, imported on first use: ``import recurrax`` does not need it."""
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError as e:
-        raise ImportError(_INSTALL) from e
-    return ocp
-
-
-def require_backend() -> None:
-    """Raise the ``ImportError`` (naming the extra to install) that saving or loading would
-    raise without orbax-checkpoint: for callers that check before any work."""
-    _orbax()
-
-
-def _manager(directory: Path, keep: int | None, *, create: bool):
-    ocp = _orbax()
-    from orbax.checkpoint.checkpoint_managers import LatestN
-
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=LatestN(keep),
-        enable_async_checkpointing=False,  # a save is complete (and renamed) when it returns
-        create=create,
-        cleanup_tmp_directories=create,  # what an interrupted save left: removed before saving
-    )
-    # orbax wants an absolute path; the caller's form is kept for the paths returned.
-    return ocp.CheckpointManager(directory.absolute(), options=options, item_names=_ITEMS)
-
-
-def checkpoint_steps(directory) -> list[int]:
-    """The steps saved (completely) in ``directory``, in increasing order; ``[]`` if none.
-
-    A step is a directory named by its number (``<directory>/22``); what an interrupted save
-    left (``<directory>/22.orbax-checkpoint-tmp``) is not one.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in directory.iterdir() if _STEP_NAME.fullmatch(p.name) and p.is_dir()
-    )
 
 
 def checkpoint_path(directory, step: int | None = None) -> Path:
@@ -266,7 +220,7 @@ def save_checkpoint(
             f"{getattr(key, 'dtype', type(key).__name__)}. Wrap raw key data with "
             "jax.random.wrap_key_data."
         )
-    ocp = _orbax()
+    require_backend()
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -310,23 +264,14 @@ def save_checkpoint(
         entry.update(dtype=dtype, shape=list(host.shape), sha256=digest(host))
         arrays[str(len(entries))] = host
         entries.append(entry)
-    with _manager(directory, keep, create=True) as manager:
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                meta=ocp.args.JsonSave(seal({**meta, "arrays": entries})),
-                arrays=ocp.args.StandardSave(arrays),
-            ),
-            force=True,  # the checks above decided; orbax's save interval does not apply
-        )
+    write_step(directory, step, keep, seal({**meta, "arrays": entries}), arrays)
     return directory / str(step)
 
 
 def _same_run(directory: Path, step: int, config: dict) -> Path:
     """The path of ``step``, saved already: a no-op save, unless another run saved it."""
     path = directory / str(step)
-    with _manager(directory, None, create=False) as manager:
-        saved = _read_meta(manager, step, str(path)).get("config")
+    saved = read_meta(directory, step, str(path)).get("config")
     diff = config_diff(saved, config) if isinstance(saved, dict) else ["config: not a dict"]
     if diff:
         raise ValueError(
@@ -335,86 +280,6 @@ def _same_run(directory: Path, step: int, config: dict) -> Path:
             "directory."
         )
     return path
-
-
-def _restore(manager, step: int, source: str, what: str, **items):
-    """``manager.restore`` of the named items; any failure to read is a ``ValueError``."""
-    ocp = _orbax()
-    try:
-        return manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # orbax and tensorstore raise many kinds; all mean "unreadable"
-        detail = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-        raise ValueError(
-            f"{source} is corrupted or {what} cannot be read ({detail}). It was not written "
-            "completely or was damaged since; use an intact checkpoint."
-        ) from None
-
-
-def _read_meta(manager, step: int, source: str) -> dict:
-    """The metadata of ``step``, its checksum and format verified."""
-    ocp = _orbax()
-    meta = _restore(manager, step, source, "incomplete: its metadata", meta=ocp.args.JsonRestore())[
-        "meta"
-    ]
-    if not isinstance(meta, dict) or seal(meta).get("sha256_meta") != meta.get("sha256_meta"):
-        raise ValueError(
-            f"{source} is corrupted: the SHA-256 of its metadata does not match. It was "
-            "damaged since it was written; use an intact checkpoint."
-        )
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(
-            f"{source} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this recurrax reads {FORMAT!r} version {VERSION}."
-        )
-    return meta
-
-
-def _read_orbax(directory: Path, step: int, source: str) -> tuple[dict[str, Any], dict]:
-    """The arrays (by name) and metadata of ``step``, every array checked against its SHA-256."""
-    ocp = _orbax()
-    with _manager(directory, None, create=False) as manager:
-        meta = _read_meta(manager, step, source)
-        check_meta(meta, source)
-        if meta["step"] != step:
-            raise ValueError(
-                f"{source} is not a valid checkpoint: field 'step' is {meta['step']}, but the "
-                f"checkpoint is the one of step {step} (its directory's name)."
-            )
-        entries = check_entries(meta, source)
-        if not any(e["name"] == "key" for e in entries):
-            raise ValueError(f"{source} holds no PRNG key: it is not a complete checkpoint.")
-        like = {str(i): np.empty(e["shape"], jnp.dtype(e["dtype"])) for i, e in enumerate(entries)}
-        restored = _restore(
-            manager,
-            step,
-            source,
-            "truncated: its arrays",
-            arrays=ocp.args.StandardRestore(like),
-        )["arrays"]
-    arrays = {}
-    for i, e in enumerate(entries):
-        x = restored.get(str(i))
-        if (
-            not isinstance(x, np.ndarray)
-            or list(x.shape) != e["shape"]
-            or jnp.dtype(x.dtype).name != e["dtype"]
-            or digest(x) != e["sha256"]
-        ):
-            raise ValueError(
-                f"{source} is corrupted: array {e['name']!r} does not match the SHA-256 (or "
-                "shape and dtype) its metadata records. It was damaged since it was written; "
-                "use an intact checkpoint."
-            )
-        if "key_impl" in e:
-            try:
-                x = jax.random.wrap_key_data(x, impl=e["key_impl"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(
-                    f"{source} is not a valid checkpoint: array {e['name']!r} is not the data of "
-                    f"a {e['key_impl']!r} PRNG key ({err})."
-                ) from None
-        arrays[e["name"]] = x
-    return arrays, meta
 
 
 def load_checkpoint(
@@ -450,7 +315,7 @@ def load_checkpoint(
         arrays, meta = read_arrays(path, kind="checkpoint")
         check_meta(meta, source)
     else:
-        arrays, meta = _read_orbax(path.parent, int(path.name), source)
+        arrays, meta = read_step(path.parent, int(path.name), source)
     if config is not None:
         diff = config_diff(meta["config"], dict(config))
         if diff:

@@ -15,6 +15,8 @@ import re
 import numpy as np
 
 __all__ = [
+    "FORMAT",
+    "VERSION",
     "MAX_STEP",
     "DTYPES",
     "digest",
@@ -25,6 +27,8 @@ __all__ = [
     "check_finite",
 ]
 
+FORMAT = "recurrax-checkpoint"
+VERSION = 1
 MAX_STEP = 2**31 - 1  # steps are counted in int32 by the training step
 DTYPES = (
     "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",

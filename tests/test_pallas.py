@@ -367,6 +367,34 @@ def test_vmap_pallas():
     assert_close(run("pallas"), want, 2e-5, 2e-5)
 
 
+def test_forward_mode_is_refused_with_the_fix():
+    """The kernels differentiate in reverse mode once: ``jax.jvp``, ``jax.jacfwd``,
+    ``jax.hessian`` and a gradient of a gradient are a ``TypeError`` naming the paths that
+    have them, not an error from inside Pallas; ``jax.grad`` works (the tests above)."""
+    cell = recurrax.GRUCell(4, 3, key=jax.random.PRNGKey(9))
+    x = normal(jax.random.PRNGKey(10), (2, 5, 3))
+
+    def outputs(x):
+        return recurrax.dynamic_rnn(cell, x, implementation="pallas")[0]
+
+    def loss(x):
+        return jnp.sum(jnp.sin(outputs(x)))
+
+    message = (
+        "implementation='pallas' differentiates in reverse mode, once (jax.grad, jax.vjp); "
+        "forward mode (jax.jvp, jax.jacfwd) and derivatives of its gradient (jax.hessian, a "
+        "grad of a grad) need implementation='fused' (built-in cells) or 'generic'."
+    )
+    for transform in (
+        lambda: jax.jvp(outputs, (x,), (x,)),
+        lambda: jax.jacfwd(outputs)(x),
+        lambda: jax.jit(jax.hessian(loss))(x),
+        lambda: jax.grad(lambda x: jnp.sum(jax.grad(loss)(x)))(x),
+    ):
+        with pytest.raises(TypeError, match=re.escape(message)):
+            transform()
+
+
 def test_bidirectional_pallas():
     cell_fw = recurrax.BasicLSTMCell(5, 3, key=jax.random.PRNGKey(4))
     cell_bw = recurrax.GRUCell(4, 3, key=jax.random.PRNGKey(5))

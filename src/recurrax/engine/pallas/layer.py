@@ -79,6 +79,26 @@ def _call(cfg: KernelConfig, kernel, ins, outs, name):
     )(*[a for a, _ in ins])
 
 
+_REVERSE_ONLY = (
+    "implementation='pallas' differentiates in reverse mode, once (jax.grad, jax.vjp); "
+    "forward mode (jax.jvp, jax.jacfwd) and derivatives of its gradient (jax.hessian, a grad "
+    "of a grad) need implementation='fused' (built-in cells) or 'generic'."
+)
+
+
+@jax.custom_jvp
+def _no_forward_mode(x):
+    """``x``; differentiating it in forward mode is a ``TypeError`` naming the fix. Both
+    kernels' inputs pass through it: a Pallas call has no derivative of its own, and the custom
+    VJP differentiates them in reverse mode once (no trace differentiates these inputs then)."""
+    return x
+
+
+@_no_forward_mode.defjvp
+def _no_forward_mode_jvp(primals, tangents):
+    raise TypeError(_REVERSE_ONLY)
+
+
 def _weights(w, peep, proj):
     """The kernels' weight inputs: the recurrent weights, then ``LSTMCell``'s peepholes
     ``[4, H_p]`` and projection ``[H_p, H_p]`` where the family has them."""
@@ -86,6 +106,8 @@ def _weights(w, peep, proj):
 
 
 def _forward(cfg: KernelConfig, save: bool, w, peep, proj, xw, h0, c0, lens):
+    inputs = jax.tree_util.tree_map(_no_forward_mode, (w, peep, proj, xw, h0, c0))
+    w, peep, proj, xw, h0, c0 = inputs
     T, B, Hp, g = cfg.time, cfg.batch, cfg.hidden, cfg.gates
     lstm = cfg.family.kind == "lstm"
     ins = [(lens, "row"), (xw, "seq"), *_weights(w, peep, proj), (h0, "row")]
@@ -124,7 +146,7 @@ def _core_fwd(cfg: KernelConfig, w, peep, proj, xw, h0, c0, lens):
 
 def _core_bwd(cfg: KernelConfig, res, cts):
     w, peep, proj, h0, c0, lens, ys, extra = res
-    d_ys, d_ht, d_ct = cts
+    d_ys, d_ht, d_ct = jax.tree_util.tree_map(_no_forward_mode, cts)
     fam = cfg.family
     kind, T, B, Hp, g = fam.kind, cfg.time, cfg.batch, cfg.hidden, cfg.gates
     ins = [(lens, "row"), (d_ys, "seq"), *_weights(w, peep, proj), (d_ht, "row")]
@@ -345,7 +367,12 @@ def pallas_layer(
         if lens.shape != (B,):
             raise ValueError(f"lengths must be [B] = [{B}]; got {lens.shape}.")
         lens = jnp.pad(lens, (0, bp - B))[:, None]
-    ys, ht, ct = _core(cfg, w_p, peep, proj, xw_p, h0_p, c0_p, lens)
+    try:
+        ys, ht, ct = _core(cfg, w_p, peep, proj, xw_p, h0_p, c0_p, lens)
+    except TypeError as e:  # JAX's refusal of jax.jvp through a custom_vjp, told with the fix
+        if "forward-mode" in str(e):
+            raise TypeError(_REVERSE_ONLY) from e
+        raise
     ys = ys[:, :B, :P]
     ht = ht[:B, :P]
     if lstm:

@@ -1,9 +1,9 @@
 import os
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Under `pytest -n N` several test processes share one machine: on a GPU, let each allocate
-    # memory as it needs it instead of reserving most of the device up front.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Several processes share one machine: the test processes under `pytest -n N`, and the
+# subprocesses some tests start. On a GPU, let each allocate memory as it needs it instead of
+# reserving most of the device up front (subprocesses inherit the setting).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp

@@ -3,6 +3,7 @@
 
 import json
 import math
+import os
 
 import pytest
 
@@ -171,6 +172,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},  # a dry run on the CPU, also beside a GPU
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()

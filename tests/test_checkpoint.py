@@ -257,6 +257,7 @@ def test_a_save_killed_while_writing_leaves_the_previous_checkpoint(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},  # no GPU to set up, also beside one
     )
     try:
         line = proc.stdout.readline()

@@ -33,6 +33,14 @@ F64 = jnp.float64
 N_IN = 3  # the feature size of the float-input kinds
 
 
+@pytest.fixture(autouse=True)
+def _full_float32_dots():
+    """TF1's float32 test numbers, checked to 1e-5: the dots run at full float32 precision, as on a
+    CPU (on a GPU, JAX's default float32 dot is TF32, about 1e-3 relative)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _build(kind):
     k1, k2, k3 = jax.random.split(KEY, 3)
     if kind == "output_projection":
@@ -75,6 +83,9 @@ FLOAT_KINDS = [
 ]
 ID_KINDS = ["embedding", "embedding_stack"]
 _CELLS = {}
+# One process runs this file's tests in their order: each cell's seed is the order in which the
+# tests first ask for it (``make``).
+pytestmark = pytest.mark.xdist_group("contrib_cells")
 
 
 def make(kind):
@@ -411,6 +422,7 @@ def test_gradients_through_dynamic_rnn_match_finite_differences(kind):
     x = jnp.asarray(rng.standard_normal((3, 4, N_IN)))
     lengths = jnp.array([4, 1, 3])
 
+    @jax.jit  # compiled once for check_grads' many calls (each call would retrace the loop)
     def run(p, x):
         return recurrax.dynamic_rnn(rebuild(p), x, sequence_length=lengths, dtype=F64)
 

@@ -10,6 +10,9 @@ from recurrax.apps.cli import main
 from recurrax.apps.demo import _predict_seconds, format_tradeoff, measure_tradeoff
 from recurrax.apps.plots import plot_tradeoff
 
+# One process runs this file's tests: the table of the module fixture is measured once.
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 def test_demo_prints_equal_results(capsys):
     assert main(["demo", "--lengths", "2,3", "--progress", "plain"]) == 0
@@ -48,7 +51,9 @@ def test_article_example_matches_basic_rnn_formula():
     from recurrax.apps.demo import ARTICLE_BATCH as x
 
     cell = recurrax.BasicRNNCell(num_units=5, input_size=3, key=jax.random.key(42))
-    outputs, states = recurrax.dynamic_rnn(cell, x, dtype=jnp.float32)
+    # Full float32 dots also on a GPU (whose default, TF32, is about 1e-3 relative).
+    with jax.default_matmul_precision("highest"):
+        outputs, states = recurrax.dynamic_rnn(cell, x, dtype=jnp.float32)
     k, b = np.asarray(cell.kernel, np.float64), np.asarray(cell.bias, np.float64)
     h = np.zeros((4, 5))
     for t in range(2):

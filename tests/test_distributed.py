@@ -24,6 +24,9 @@ from recurrax.apps.options import CommandError
 from recurrax.apps.train import TrainConfig, prepare
 
 SOURCE = str(Path(recurrax.__file__).resolve().parents[1])
+# One process runs this file's tests: the runs of the module fixture are started once.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 # 2048 sine series in batches of 512: 4 steps an epoch, 8 in all; dropout draws from the PRNG.
 CONFIG = TrainConfig(task="sine", cell="lstm", num_units=8, batch_size=512, epochs=2, keep_prob=0.8)
 ARGV = ["train", "--task", "sine", "--cell", "lstm", "--num-units", "8", "--batch-size", "512"]

@@ -22,6 +22,9 @@ import pytest
 
 import recurrax
 
+# One process runs this file's tests: the dry runs of the module fixture are started once.
+pytestmark = pytest.mark.xdist_group("gpu_pallas_script")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_pallas.py"
 SHAPE = [4, 6, 3, 5]

@@ -111,7 +111,13 @@ def reference_grads(kind):
     return grads_of(None)(args_for(kind), lengths)
 
 
-@pytest.mark.parametrize("kind", ["basic_lstm", "multi", "user"])
+def _one_process(kind):
+    """``kind`` as a parameter whose tests run in one process (pytest-xdist), which compiles
+    ``reference_grads(kind)`` once."""
+    return pytest.param(kind, marks=pytest.mark.xdist_group(f"memory_{kind}"))
+
+
+@pytest.mark.parametrize("kind", [_one_process(k) for k in ("basic_lstm", "multi", "user")])
 @pytest.mark.parametrize("memory", STRATEGIES, ids=str)
 def test_gradients_equal_lax_scan(memory, kind):
     got = grads_of(memory)(args_for(kind), jnp.array(PATTERNS["mixed"]))
@@ -122,6 +128,7 @@ def test_gradients_equal_lax_scan(memory, kind):
 
 
 @pytest.mark.parametrize("memory", [*STRATEGIES[1:], recurrax.Revolve(1)], ids=str)
+@pytest.mark.xdist_group("memory_basic_lstm")  # with the tests of reference_grads("basic_lstm")
 def test_swap_memory_same_gradients_saved_values_on_host(memory):
     """swap_memory keeps what the strategy saves in pinned host memory; gradients unchanged."""
     configs = ("bidirectional-mixed",)

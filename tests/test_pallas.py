@@ -17,9 +17,6 @@ import recurrax
 from recurrax.engine import pallas as P
 
 ON_GPU = jax.default_backend() == "gpu"
-# JAX 0.11 deprecates Pallas's Triton backend (the kernels' GPU backend) with a warning at
-# lowering; it is not an error of these kernels (see benchmarks/PALLAS_NOTES.md).
-pytestmark = pytest.mark.filterwarnings("ignore:.*[Tt]riton.*:DeprecationWarning")
 
 
 @pytest.fixture(autouse=True)

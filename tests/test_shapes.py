@@ -267,6 +267,7 @@ def loop_gradients():
         "budget",
     ],
 )
+@pytest.mark.xdist_group("shapes_loop_gradients")  # one process compiles loop_gradients once
 def test_gradients_match_the_plain_loop(options, traced):
     def engine(cell, xs, init, lengths):
         return recurrax.dynamic_rnn(cell, xs, lengths, initial_state=init, **options)

@@ -9,6 +9,15 @@ import pytest
 import recurrax
 
 
+@pytest.fixture(autouse=True)
+def _full_float32_dots():
+    """TF1's numbers and float32 runs checked against float64 NumPy to 1e-5: the dots run at full
+    float32 precision, as on a CPU (on a GPU, JAX's default float32 dot is TF32, about 1e-3
+    relative)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 

@@ -21,6 +21,9 @@ import pytest
 
 import recurrax
 
+# One process runs this file's tests: the port is trained once, by the module fixture.
+pytestmark = pytest.mark.xdist_group("tf1_port")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ptb_port.py"
 
 
@@ -28,6 +31,16 @@ def _ulps(actual, expected):
     """|actual - expected| in units in the last place of ``expected`` (float32)."""
     expected = np.asarray(expected, np.float32)
     return np.abs(np.asarray(actual, np.float64) - expected) / np.spacing(np.abs(expected))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _on_the_cpu():
+    """TF1 trained on a CPU, in float32, and the port matches it to a few ulp there: the port
+    runs on the CPU also on a machine with a GPU (whose float32 dots are TF32 by default, and
+    whose embedding gradient adds in a nondeterministic order). Module-scoped and autouse, it
+    is set up before the module's other fixtures."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
 
 
 @pytest.fixture(scope="module")

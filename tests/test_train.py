@@ -20,6 +20,9 @@ from recurrax.apps.cli import main
 from recurrax.apps.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
 from recurrax.io.checkpoint import checkpoint_path, checkpoint_steps
 
+# One process runs this file's tests: they share the module's trained runs and compiled steps.
+pytestmark = pytest.mark.xdist_group("train")
+
 # 1438 training digits in batches of 64: 22 steps an epoch, 44 in all; dropout uses the PRNG.
 TINY = TrainConfig(num_units=16, batch_size=64, epochs=2, keep_prob=0.8)
 TINY_ARGV = ["train", "--num-units", "16", "--batch-size", "64", "--epochs", "2"]
@@ -155,14 +158,17 @@ def test_data_parallel_matches_one_device():
 
 @pytest.mark.slow
 def test_static_and_dynamic_modes_train_alike():
-    runs = {
-        mode: train(
-            TrainConfig(cell="gru", mode=mode, num_units=8, batch_size=64),
-            stop_after=4,
-            progress="rich" if mode == "static" else "none",
-        )
-        for mode in ("static", "dynamic")
-    }
+    # Two programs of float32 dots: at full precision also on a GPU, where TF32 (the default)
+    # could round a last-bit difference between them up to about 1e-3.
+    with jax.default_matmul_precision("highest"):
+        runs = {
+            mode: train(
+                TrainConfig(cell="gru", mode=mode, num_units=8, batch_size=64),
+                stop_after=4,
+                progress="rich" if mode == "static" else "none",
+            )
+            for mode in ("static", "dynamic")
+        }
     np.testing.assert_allclose(
         runs["static"].history["loss"], runs["dynamic"].history["loss"], rtol=1e-5
     )
@@ -347,7 +353,7 @@ def test_a_non_finite_loss_stops_the_run_exit_1_and_saves_nothing(tmp_path, caps
 
 def test_a_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Diverging in epoch 2 of a run: the checkpoint of epoch 1 stays as it was."""
-    config = TrainConfig(num_units=16, batch_size=64, epochs=2)
+    config = TINY  # whose training step the module's runs have compiled already
     train(config, save_dir=tmp_path, stop_after=22)
     before = _files(tmp_path)
     real_step = trainer._train_step
@@ -446,7 +452,9 @@ def test_a_real_ctrl_c_is_one_line_exit_130_and_a_checkpoint(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # On the CPU also beside a GPU: the signal is the point, and a second process on the GPU
+        # could not take the memory this one reserved there (without pytest-xdist).
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"},
     )
     try:
         for line in proc.stdout:

@@ -165,11 +165,8 @@ def test_matches_scan_with_lengths(kind, hidden, empty):
 
 @pytest.mark.parametrize(
     ("hidden", "proj", "options"),
-    [
-        (5, 3, {"peepholes": True}),
-        (6, 9, {"peepholes": True, "cell_clip": 0.8, "proj_clip": 0.3}),
-    ],
-    ids=["peepholes-narrower_projection", "clips-wider_projection"],
+    [(6, 9, {"peepholes": True, "cell_clip": 0.8, "proj_clip": 0.3})],
+    ids=["clips-wider_projection"],  # a narrower one: test_dynamic_rnn_pallas_equals_fused
 )
 def test_lstm_cell_options_match_scan(hidden, proj, options):
     """``LSTMCell``'s peepholes, clips and projection (narrower and wider than ``H``): values
@@ -289,11 +286,7 @@ PALLAS_CELLS = {
         5, n, key=key, use_peepholes=True, cell_clip=0.4, num_proj=4, proj_clip=0.25
     ),
     "multi": lambda n, key: recurrax.MultiRNNCell(
-        [
-            recurrax.GRUCell(6, n, key=key),
-            recurrax.LSTMCell(7, 6, key=key, num_proj=3),
-            recurrax.BasicLSTMCell(5, 3, key=key),
-        ]
+        [recurrax.LSTMCell(7, n, key=key, num_proj=3), recurrax.GRUCell(6, 3, key=key)]
     ),
 }
 
@@ -312,8 +305,9 @@ PALLAS_CELLS = {
 )
 def test_dynamic_rnn_pallas_equals_fused(kind, time_major):
     """Values and gradients (weights, inputs, initial state) of ``implementation="pallas"``
-    against ``"fused"`` and ``"generic"``, lengths 0, T and between, batch 3 (not a multiple of
-    the block), hidden sizes 5 and 6, under jit and grad; concrete and traced lengths."""
+    against ``"fused"`` (which tests/test_fused.py checks against ``"generic"``), lengths 0, T
+    and between, batch 3 (not a multiple of the block), hidden sizes 3 to 7, under jit and grad;
+    concrete lengths, and traced ones for the stack and ``LSTMCell``."""
     cell = PALLAS_CELLS[kind](3, jax.random.PRNGKey(1))
     x = normal(jax.random.PRNGKey(2), (3, 6, 3))
     if time_major:
@@ -337,11 +331,10 @@ def test_dynamic_rnn_pallas_equals_fused(kind, time_major):
             return jax.jit(lambda args: grad(args, n, implementation))((cell, x, state0))
         return jax.jit(grad, static_argnums=2)((cell, x, state0), n, implementation)
 
-    with jax.default_matmul_precision("highest"):
-        want = run("fused", lengths)
-        assert_close(run("generic", lengths), want, 1e-5, 1e-5)
+    want = run("fused", lengths)
     assert_close(run("pallas", lengths), want, 2e-5, 2e-5)
-    assert_close(run("pallas", jnp.asarray(lengths)), want, 2e-5, 2e-5)  # traced lengths
+    if kind in ("multi", "lstm_cell"):
+        assert_close(run("pallas", jnp.asarray(lengths)), want, 2e-5, 2e-5)  # traced lengths
 
 
 def test_vmap_pallas():

@@ -19,6 +19,8 @@ import argparse
 import os
 from pathlib import Path
 
+from recurrax.cells.registry import BUILTIN
+
 from .progress import MODES
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "UsageError",
     "Interrupted",
     "SEED_MAX",
+    "CELLS",
     "Parser",
     "shared_options",
     "lengths",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 SEED_MAX = 2**32 - 1  # seeds are 32-bit: what jax.random.key and numpy both take alike
+CELLS = tuple(BUILTIN)  # the --cell names: "rnn", "gru", "lstm"
 
 
 class CommandError(Exception):

@@ -1,7 +1,8 @@
 """One RNN layer's whole recurrence in one Pallas kernel launch (GPU), forward and backward.
 
 ``config.py`` (the family, the tiling, what fits on chip), ``kernels.py`` (the forward and
-backward kernels), ``layer.py`` (the launch, the custom VJP, :func:`pallas_layer`) and
+backward kernels), ``calls.py`` (their launches and the custom VJP), ``layer.py``
+(:func:`pallas_layer`: its checks and padding) and
 ``cells.py`` (the cells and options it runs: ``dynamic_rnn(..., implementation="pallas")``).
 Design notes and measurements: ``benchmarks/PALLAS_NOTES.md``.
 """

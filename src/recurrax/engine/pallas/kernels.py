@@ -1,7 +1,7 @@
 """The two Pallas kernels of one layer: the forward recurrence and the reverse (gradient) loop.
 
 Each program owns ``block`` rows of the batch and runs a ``lax.fori_loop`` over time; see
-``layer.py`` for the launch and ``benchmarks/PALLAS_NOTES.md`` for the design.
+``calls.py`` for the launch and ``benchmarks/PALLAS_NOTES.md`` for the design.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import pytest
 
 import recurrax
 import recurrax.apps.options as options
+import recurrax.apps.prepare as preparer
 import recurrax.apps.train as trainer
 from recurrax.apps.cli import main
 from recurrax.apps.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
@@ -241,8 +242,8 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr(trainer, "_dataset", work)
-    monkeypatch.setattr(trainer, "_init", work)
+    monkeypatch.setattr(preparer, "_dataset", work)
+    monkeypatch.setattr(preparer, "_init", work)
 
 
 def _one_line_error(capsys, status_line):
@@ -325,7 +326,7 @@ def test_cli_refuses_a_batch_larger_than_the_training_set_before_compiling(capsy
     def compile_(*args, **kwargs):
         raise AssertionError("compiled before the batch size was checked")
 
-    monkeypatch.setattr(trainer, "_init", compile_)
+    monkeypatch.setattr(preparer, "_init", compile_)
     assert main(["train", "--batch-size", "2000"]) == 2
     _one_line_error(
         capsys,

@@ -76,16 +76,18 @@ def cell_family(cell) -> Family:
         )
     if cell.activation is not jnp.tanh:
         raise ValueError("the Pallas layer supports the tanh activation only.")
-    if type(cell) is LSTMCell:
-        return Family(
-            "lstm",
-            cell.forget_bias,
-            peepholes=cell.use_peepholes,
-            cell_clip=cell.cell_clip,
-            projection=cell.num_proj is not None,
-            proj_clip=cell.proj_clip,
-        )
-    return Family(_KINDS[type(cell)], getattr(cell, "forget_bias", 1.0))
+    kind = _KINDS[type(cell)]
+    if kind != "lstm":
+        return Family(kind)
+    r = cell.recurrence()  # the LSTM family's options, as the cell's own math reads them
+    return Family(
+        "lstm",
+        r.forget_bias,
+        peepholes=r.peepholes,
+        cell_clip=r.cell_clip,
+        projection=r.projection,
+        proj_clip=r.proj_clip,
+    )
 
 
 def cell_params(cell):

@@ -144,7 +144,7 @@ def check_against_scan(case, rtol=1e-5, atol=1e-5, **options):
     family, w_h, xw, state0, lens = case
     (_, (ys, final)), grads = value_and_grads(P.pallas_layer, *case, **options)
     f32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (w_h, xw))
-    with jax.default_matmul_precision("highest"):
+    with jax.default_matmul_precision("highest"):  # also for test_compiled_on_gpu's reference
         (_, (ys_r, final_r)), grads_r = value_and_grads(scan_layer, family, *f32, state0, lens)
     assert ys.shape == xw.shape[:2] + (state0[1] if family.kind == "lstm" else state0).shape[1:]
     assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves((ys, final, grads)))
@@ -192,8 +192,7 @@ def test_bfloat16_inputs_and_weights():
     ys, final = jax.jit(P.pallas_layer, static_argnums=0)(family, w_h, xw, state0, lens)
     assert ys.dtype == jnp.float32 and xw.dtype == jnp.bfloat16
     f32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (w_h, xw))
-    with jax.default_matmul_precision("highest"):
-        ys_r, final_r = scan_layer(family, *f32, state0, lens)
+    ys_r, final_r = scan_layer(family, *f32, state0, lens)
     assert_close((ys, final), (ys_r, final_r), rtol=0, atol=2e-2)
 
 
@@ -216,8 +215,7 @@ def test_cells_match_dynamic_rnn(cell_type, lengths):
         return jax.jit(jax.value_and_grad(loss, has_aux=True))(cell)
 
     (_, got), g_got = run(P.pallas_dynamic_rnn)
-    with jax.default_matmul_precision("highest"):
-        (_, want), g_want = run(lambda c, x, n: recurrax.dynamic_rnn(c, x, n, dtype=jnp.float32))
+    (_, want), g_want = run(lambda c, x, n: recurrax.dynamic_rnn(c, x, n, dtype=jnp.float32))
     assert_close(got, want, 1e-5, 1e-5)
     assert_close(g_got, g_want, 1e-5, 1e-5)
 
@@ -352,8 +350,7 @@ def test_vmap_pallas():
         grad = jax.value_and_grad(one, has_aux=True)
         return jax.jit(jax.vmap(grad))(x, lengths)
 
-    with jax.default_matmul_precision("highest"):
-        want = run("fused")
+    want = run("fused")
     assert_close(run("pallas"), want, 2e-5, 2e-5)
 
 
@@ -391,8 +388,7 @@ def test_bidirectional_pallas():
     x = normal(jax.random.PRNGKey(6), (2, 5, 3))
     n = np.array([5, 3], np.int32)
     got = recurrax.bidirectional_dynamic_rnn(cell_fw, cell_bw, x, n, implementation="pallas")
-    with jax.default_matmul_precision("highest"):
-        want = recurrax.bidirectional_dynamic_rnn(cell_fw, cell_bw, x, n, dtype=jnp.float32)
+    want = recurrax.bidirectional_dynamic_rnn(cell_fw, cell_bw, x, n, dtype=jnp.float32)
     assert_close(got, want, 1e-5, 1e-5)
 
 

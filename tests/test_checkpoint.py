@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import recurrax
+from recurrax.apps.launch import child_environment
 from recurrax.apps.train import RecurrentModel
 from recurrax.io.checkpoint import checkpoint_path, checkpoint_steps, find_checkpoint
 
@@ -491,7 +492,7 @@ def test_two_processes_save_one_checkpoint_and_both_load_it(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    env = child_environment()  # one CPU device each, also beside a GPU
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _TWO_PROCESSES, str(tmp_path), str(port), str(i)],

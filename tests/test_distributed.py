@@ -36,11 +36,9 @@ LIMIT_S = 300  # far beyond any run here, even on a loaded machine: a hang fails
 
 
 def _environment() -> dict[str, str]:
-    """CPU, one device per process, this recurrax importable: also on a machine with a GPU."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCE, env.get("PYTHONPATH")) if p)
-    return env
+    """CPU, one device per process, this recurrax importable: also on a machine with a GPU
+    (the launcher's own children get the same; other XLA flags pass through)."""
+    return launch.child_environment()
 
 
 def _start(argv) -> subprocess.Popen:

@@ -18,6 +18,7 @@ import recurrax.apps.options as options
 import recurrax.apps.prepare as preparer
 import recurrax.apps.train as trainer
 from recurrax.apps.cli import main
+from recurrax.apps.launch import child_environment
 from recurrax.apps.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
 from recurrax.io.checkpoint import checkpoint_path, checkpoint_steps
 
@@ -103,7 +104,8 @@ def test_resume_refuses_other_settings_or_a_damaged_checkpoint(interrupted, tmp_
 
 _DATA_PARALLEL = """
 import json, os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+FORCED = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + FORCED
 import jax, numpy as np
 from recurrax.apps.train import TrainConfig, train
 
@@ -142,8 +144,7 @@ print("RESULT " + json.dumps(out))
 
 
 def test_data_parallel_matches_one_device():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"  # the four devices are forced host devices, even beside a GPU
+    env = child_environment()  # the four devices are forced host devices, even beside a GPU
     proc = subprocess.run(
         [sys.executable, "-c", _DATA_PARALLEL], capture_output=True, text=True, env=env
     )

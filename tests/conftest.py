@@ -62,6 +62,11 @@ import jax.numpy as jnp  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+if os.environ.get("RECURRAX_TEST_EMULATE_TF32") == "1":  # a GPU's float32 dots, on the CPU
+    import tf32_emulation
+
+    tf32_emulation.install()
+
 
 @pytest.fixture
 def getkey():

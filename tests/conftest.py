@@ -69,6 +69,16 @@ if os.environ.get("RECURRAX_TEST_EMULATE_TF32") == "1":  # a GPU's float32 dots,
 
 
 @pytest.fixture
+def full_float32_dots():
+    """Dots at full float32 precision, as on a CPU: for the modules whose float32 results are
+    checked to 1e-5 or closer (TF1's numbers, float64 references). On a GPU, JAX's default
+    float32 dot is TF32, about 1e-3 relative. Such a module says
+    ``pytestmark = pytest.mark.usefixtures("full_float32_dots")``."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.fixture
 def getkey():
     """A fresh PRNG key on every call, deterministic per test."""
     state = {"n": 0}

@@ -8,14 +8,9 @@ import pytest
 
 import recurrax
 
-
-@pytest.fixture(autouse=True)
-def _full_float32_dots():
-    """TF1's numbers and float32 runs checked against float64 NumPy to 1e-5: the dots run at full
-    float32 precision, as on a CPU (on a GPU, JAX's default float32 dot is TF32, about 1e-3
-    relative)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+# TF1's numbers and float32 runs checked against float64 NumPy to 1e-5: full float32 dots,
+# also on a GPU.
+pytestmark = pytest.mark.usefixtures("full_float32_dots")
 
 
 def _sigmoid(x):

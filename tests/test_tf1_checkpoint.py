@@ -24,12 +24,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tf1"
 KINDS = ["single", "sharded"]
 
 
-@pytest.fixture(autouse=True)
-def _full_float32_dots():
-    """TF1's float32 outputs, checked to 1e-6: the dots run at full float32 precision, as on a CPU
-    (on a GPU, JAX's default float32 dot is TF32, about 1e-3 relative)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+# TF1's float32 outputs, checked to 1e-6: full float32 dots, also on a GPU.
+pytestmark = pytest.mark.usefixtures("full_float32_dots")
 
 
 def _copy(tmp_path, kind="single") -> Path:
